@@ -1,0 +1,103 @@
+"""The codec contract.
+
+A codec compresses the rows of a 2-D float32 weight matrix. A plugin
+registers an instance of a `Codec` subclass through the
+``helix_register_codecs(register)`` hook. The class declares:
+
+- ``name``: the name configs use (``codec: campq``);
+- ``version``: bumped whenever the encoded format or the numerics change;
+- ``Params``: a frozen attrs class, the schema of the config's ``params``;
+  fields whose metadata has ``codegen: False`` (seeds, tolerances, flags that
+  only change training) are left out of the kernel signature;
+- ``lane_widths``: the `LaneWidth` values it supports (config validation
+  rejects any other ``params.lane_width``);
+- ``override``: True to replace a same-named codec of another plugin.
+
+Methods, all pure functions of their arguments:
+
+- ``validate(params)``: cross-field checks, raising `ConfigError` with the
+  key path (``$.residual.depth``); single-field checks belong in ``Params``.
+- ``fit(rows, params, rng) -> CodecState``: train on calibration rows only.
+- ``encode(state, rows) -> Codes``: codes for any rows.
+- ``decode(state, codes) -> ndarray``: float32 rows, same shape as encoded.
+- ``bits(state, n_rows, row_dim) -> BitsAccount``: code bits and overhead
+  (codebooks, scales), so bits per weight are never only the codes.
+
+Two codecs may share a name only if their formats are compatible.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Mapping
+
+import attrs
+import numpy as np
+
+from helix_jit.lanes import ALL_LANE_WIDTHS, LaneWidth
+
+
+@attrs.frozen
+class CodecState:
+    """What fit learned: arrays (saved as safetensors) and JSON-safe metadata."""
+
+    arrays: Mapping[str, np.ndarray] = attrs.field(factory=dict)
+    meta: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class Codes:
+    """The encoded rows: arrays (saved as safetensors) and JSON-safe metadata."""
+
+    arrays: Mapping[str, np.ndarray] = attrs.field(factory=dict)
+    meta: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class BitsAccount:
+    """Bits spent on one tensor. Per-weight figures divide by ``n_weights``."""
+
+    n_weights: int
+    code_bits: int
+    overhead_bits: int = 0
+
+    @property
+    def code_bpw(self) -> float:
+        return self.code_bits / self.n_weights if self.n_weights else 0.0
+
+    @property
+    def overhead_bpw(self) -> float:
+        return self.overhead_bits / self.n_weights if self.n_weights else 0.0
+
+    @property
+    def total_bpw(self) -> float:
+        return self.code_bpw + self.overhead_bpw
+
+
+@attrs.frozen
+class NoParams:
+    """Params schema of a component that takes none."""
+
+
+class Codec:
+    """Base class of codecs; see the module docstring for the contract."""
+
+    name: ClassVar[str]
+    version: ClassVar[str] = "0.0.0"
+    Params: ClassVar[type] = NoParams
+    lane_widths: ClassVar[tuple[LaneWidth, ...]] = ALL_LANE_WIDTHS
+    override: ClassVar[bool] = False
+
+    def validate(self, params: Any) -> None:
+        """Cross-field checks; raise ConfigError(path=...) on a bad value."""
+
+    def fit(self, rows: np.ndarray, params: Any, rng: np.random.Generator) -> CodecState:
+        raise NotImplementedError
+
+    def encode(self, state: CodecState, rows: np.ndarray) -> Codes:
+        raise NotImplementedError
+
+    def decode(self, state: CodecState, codes: Codes) -> np.ndarray:
+        raise NotImplementedError
+
+    def bits(self, state: CodecState, n_rows: int, row_dim: int) -> BitsAccount:
+        raise NotImplementedError

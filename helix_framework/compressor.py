@@ -1,0 +1,47 @@
+"""The text-compressor contract.
+
+A compressor shortens model context to a target length. A plugin registers
+an instance of a `Compressor` subclass through
+``helix_register_compressors(register)``.
+
+Class attributes: ``name``, ``version``, ``override``.
+
+``compress(text, target, content_type=None, question=None)`` returns a
+`CompressionResult`: the text (never longer than ``target`` characters), the
+ratio (output characters / input characters), the path that ran (e.g.
+``"headroom.LogCompressor"`` or ``"truncate"``), whether it fell back to a
+simpler path, and why.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import attrs
+
+
+@attrs.frozen
+class CompressionResult:
+    text: str
+    ratio: float
+    path: str
+    fell_back: bool = False
+    reason: str | None = None
+
+
+class Compressor:
+    """Base class of text compressors; see the module docstring."""
+
+    name: ClassVar[str]
+    version: ClassVar[str] = "0.0.0"
+    override: ClassVar[bool] = False
+
+    def compress(
+        self, text: str, target: int, content_type: str | None = None, question: str | None = None
+    ) -> CompressionResult:
+        raise NotImplementedError
+
+
+def ratio_of(original: str, compressed: str) -> float:
+    """Output characters over input characters (1.0 for empty input)."""
+    return len(compressed) / len(original) if original else 1.0

@@ -1,0 +1,104 @@
+"""Typed errors. Each carries the data a user needs to act (file, key path,
+line, plugin, tensor). Library code raises these; only the CLI turns them
+into one line and an exit code."""
+
+from __future__ import annotations
+
+
+class HelixError(Exception):
+    """Base class of every error meant for a user."""
+
+    exit_code = 2
+
+
+class ConfigError(HelixError):
+    """A config file (or mapping) is invalid.
+
+    ``file`` and ``line`` may be None for configs built in Python; ``path`` is
+    the key path in JSONPath style, e.g. ``$.params.subspaces``.
+    """
+
+    def __init__(self, message: str, *, file: str | None = None, path: str = "$", line: int | None = None):
+        self.message = message
+        self.file = file
+        self.path = path
+        self.line = line
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = self.file or "<config>"
+        if self.line is not None:
+            where += f":{self.line}"
+        return f"{where}: {self.path}: {self.message}"
+
+    def located(self, *, file: str | None = None, line: int | None = None, prefix: str = "") -> ConfigError:
+        """Return a copy with file, line or a path prefix filled in."""
+        path = self.path
+        if prefix:
+            path = prefix + path[1:] if path.startswith("$") else prefix + "." + path
+        err = type(self).__new__(type(self))
+        ConfigError.__init__(err, self.message, file=file or self.file, path=path, line=line if line is not None else self.line)
+        return err
+
+
+class CalibrationEqualsMeasurement(ConfigError):
+    """Calibration and measurement rows would overlap (the overfit guard)."""
+
+
+class CentroidStarved(HelixError):
+    """Too few training vectors per centroid (FAISS warns below 39)."""
+
+
+class PluginError(HelixError):
+    """A plugin failed to load or registered something invalid."""
+
+    def __init__(self, message: str, *, plugin: str | None = None, distribution: str | None = None):
+        self.plugin = plugin
+        self.distribution = distribution
+        super().__init__(message)
+
+
+class DuplicateNameError(PluginError):
+    """Two plugins registered the same name and neither is an override."""
+
+
+class UnknownNameError(HelixError, KeyError):
+    """No component of that kind and name is installed."""
+
+    def __init__(self, kind: str, name: str, suggestions: list[str], installed: list[str]):
+        self.kind = kind
+        self.name = name
+        self.suggestions = suggestions
+        self.installed = installed
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        msg = f"unknown {self.kind} {self.name!r}"
+        if self.suggestions:
+            msg += f"; did you mean {', '.join(repr(s) for s in self.suggestions)}?"
+        msg += f" (installed: {', '.join(self.installed) or 'none'})"
+        return msg
+
+
+class NotImplementedInThisVersion(HelixError, NotImplementedError):
+    """A registered component whose algorithm is not implemented yet."""
+
+    def __init__(self, kind: str, name: str, distribution: str, version: str):
+        super().__init__(
+            f"{kind} {name!r} from {distribution} {version} is not implemented in this version; "
+            "its name and params schema are registered, its algorithm is not"
+        )
+
+
+class SourceError(HelixError):
+    """A model source cannot be read (format, dtype, corrupt file, refused pickle)."""
+
+    def __init__(self, message: str, *, path: str | None = None, tensor: str | None = None):
+        self.path = path
+        self.tensor = tensor
+        parts = [p for p in (path, f"tensor {tensor!r}" if tensor else None) if p]
+        super().__init__(f"{': '.join(parts)}: {message}" if parts else message)
+
+
+class MeasurementError(HelixError):
+    """A measurement cannot be computed on this input (never a placeholder)."""

@@ -1,0 +1,42 @@
+"""The measurement contract.
+
+A measurement turns an original tensor and its reconstruction into named
+figures. A plugin registers an instance of a `Measurement` subclass through
+``helix_register_measurements(register)``.
+
+Class attributes: ``name`` (what configs list under ``measure``),
+``version``, ``override``.
+
+``measure(context) -> dict[str, float]`` receives a `MeasureContext` holding
+float32 ``original`` and ``reconstruction`` rows of one split (``held_out``,
+``calibration`` or ``all``) and a seed for anything random. The host calls
+it once per split and labels the figures. A measurement that cannot compute
+its figure raises `MeasurementError`; it never returns a placeholder.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import attrs
+import numpy as np
+
+
+@attrs.frozen
+class MeasureContext:
+    original: np.ndarray
+    reconstruction: np.ndarray
+    split: str = "all"
+    seed: int = 0
+    tensor: str | None = None
+
+
+class Measurement:
+    """Base class of measurements; see the module docstring."""
+
+    name: ClassVar[str]
+    version: ClassVar[str] = "0.0.0"
+    override: ClassVar[bool] = False
+
+    def measure(self, context: MeasureContext) -> dict[str, float]:
+        raise NotImplementedError

@@ -1,0 +1,61 @@
+"""The rotation contract.
+
+A rotation is an invertible linear map applied to weight rows before a codec
+fits them, and undone after decoding. A plugin registers an instance of a
+`Rotation` subclass through ``helix_register_rotations(register)``.
+
+Class attributes: ``name`` (the config's ``rotation.kind``), ``version``,
+``Params`` (frozen attrs class: the other keys of the ``rotation`` mapping),
+``override``.
+
+Methods:
+
+- ``fit(rows, params, rng) -> RotationState``: learn from calibration rows
+  (a data-free rotation ignores them but may use their width).
+- ``apply(state, rows)`` and ``invert(state, rows)``: float32 rows in and out;
+  ``invert(apply(x)) == x`` up to float32 rounding, which each rotation's
+  tests must show (`helix_framework.testing.check_rotation_invertible`).
+- ``overhead_bits(state)``: bits the state costs in an artifact (counted in
+  bits per weight). The default counts every array's bytes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Mapping
+
+import attrs
+import numpy as np
+
+from helix_framework.codec import NoParams
+
+
+@attrs.frozen
+class RotationState:
+    """What fit learned: arrays (saved as safetensors) and JSON-safe metadata."""
+
+    arrays: Mapping[str, np.ndarray] = attrs.field(factory=dict)
+    meta: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+class Rotation:
+    """Base class of rotations; see the module docstring for the contract."""
+
+    name: ClassVar[str]
+    version: ClassVar[str] = "0.0.0"
+    Params: ClassVar[type] = NoParams
+    override: ClassVar[bool] = False
+
+    def validate(self, params: Any) -> None:
+        """Cross-field checks; raise ConfigError(path=...) on a bad value."""
+
+    def fit(self, rows: np.ndarray, params: Any, rng: np.random.Generator) -> RotationState:
+        raise NotImplementedError
+
+    def apply(self, state: RotationState, rows: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def invert(self, state: RotationState, rows: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def overhead_bits(self, state: RotationState) -> int:
+        return sum(int(a.nbytes) * 8 for a in state.arrays.values())
