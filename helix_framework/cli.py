@@ -1,0 +1,162 @@
+"""The ``helix`` command. The only module that prints.
+
+Subcommands import what they need when they run, so ``helix --help``
+imports no plugin, no numpy and no llvmlite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Any, Callable, Sequence
+
+EXIT_OK = 0
+EXIT_FAIL = 1
+EXIT_ERROR = 2
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, sort_keys=False))
+
+
+def _table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
+    cells = [[str(c) for c in header], *[["" if c is None else str(c) for c in r] for r in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+# -- helix plugins ---------------------------------------------------------
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from helix_framework.host import get_host
+
+    host = get_host()
+    rows = [r.as_json() for r in host.registrations()] + [f.as_json() for f in host.failures]
+    rows.sort(key=lambda r: (r["kind"], r["name"], r["source"]))
+    if args.json:
+        _print_json(rows)
+    else:
+        print(
+            _table(
+                [
+                    (r["kind"], r["name"], r["distribution"], r["version"], r["source"], ",".join(r["lane_widths"]) or "-",
+                     r["status"] + (f": {r['error']}" if r["error"] else ""))
+                    for r in rows
+                ],
+                ("kind", "name", "distribution", "version", "source", "lane widths", "status"),
+            )
+        )
+    failed = bool(host.failures) or any(r["status"] == "failed" for r in rows)
+    return EXIT_FAIL if host.strict and failed else EXIT_OK
+
+
+# -- helix check -----------------------------------------------------------
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from helix_framework.config import kernel_signature, load_candidate
+    from helix_framework.host import get_host
+
+    host = get_host()
+    host.check_strict()
+    for path in args.configs:
+        candidate = load_candidate(path, host)
+        sig = kernel_signature(candidate, host)
+        label = " (in-sample)" if candidate.in_sample else ""
+        print(f"ok  {path}: {candidate.name}{label} codec={candidate.codec} rotation={candidate.rotation.kind} "
+              f"kernel_signature={sig[:16]}")
+    return EXIT_OK
+
+
+# -- helix jit -------------------------------------------------------------
+
+
+def cmd_jit_stats(args: argparse.Namespace) -> int:
+    import attrs
+
+    import helix_jit
+
+    stats = helix_jit.cache_stats()
+    data = attrs.asdict(stats) if attrs.has(type(stats)) else dict(vars(stats))
+    if args.json:
+        _print_json(data)
+    else:
+        print(_table([(k, v) for k, v in data.items()], ("figure", "value")))
+    return EXIT_OK
+
+
+def cmd_jit_clear(args: argparse.Namespace) -> int:
+    import helix_jit
+
+    removed = helix_jit.clear_cache()
+    print(f"cleared the kernel cache ({removed} entries removed)" if removed is not None else "cleared the kernel cache")
+    return EXIT_OK
+
+
+# -- parser and main -------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="helix",
+        description="A lab for compression codecs of model weights and context.",
+    )
+    parser.add_argument("--version", action="version", version="helix-framework 0.1.0")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO to stderr")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("plugins", help="list every codec, rotation, compressor and measurement")
+    p.add_argument("--json", action="store_true", help="print a JSON list")
+    p.set_defaults(func=cmd_plugins)
+
+    p = sub.add_parser("check", help="validate candidate configs without running anything")
+    p.add_argument("configs", nargs="+", metavar="CONFIG")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("jit", help="the compiled-kernel cache")
+    jit_sub = p.add_subparsers(dest="jit_command", metavar="ACTION")
+    q = jit_sub.add_parser("stats", help="entries, bytes, hits, misses, compile time")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_jit_stats)
+    q = jit_sub.add_parser("clear", help="remove every cached kernel")
+    q.set_defaults(func=cmd_jit_clear)
+    p.set_defaults(func=lambda a: _usage(p))
+    return parser
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_usage(sys.stderr)
+    return EXIT_ERROR
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.INFO if args.verbose or os.environ.get("HELIX_TRACE_HOOKS") else logging.WARNING
+    logging.basicConfig(level=level, format="helix: %(levelname)s: %(message)s")
+    func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return EXIT_ERROR
+    from helix_framework.errors import HelixError
+
+    try:
+        return func(args)
+    except HelixError as exc:
+        print(f"helix: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("helix: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
