@@ -238,7 +238,10 @@ def load_yaml(text: str, file: str | None = None) -> YamlDocument:
     finally:
         loader.dispose()
     lines: dict[str, int] = {}
-    _record_lines(node, "$", lines)
+    try:
+        _record_lines(node, "$", lines)
+    except ConfigError as exc:
+        raise exc.located(file=file) from None
     return YamlDocument(data, lines, file)
 
 
