@@ -1,0 +1,147 @@
+"""A ``.gguf`` file, read with the ``gguf`` package (memory-mapped).
+
+GGUF stores dimensions reversed (``ne0`` first, the contiguous one); this
+reader presents shapes rows-first like safetensors, so a linear layer is
+``[out, in]``. Quantized types are dequantized to float32 with
+`gguf.quants.dequantize`, in row chunks so the temporaries stay small.
+``source_bits_per_weight`` is the type's true cost (type size x 8 / block
+size: Q4_1 = 5.0, Q8_0 = 8.5). ``config`` is the metadata as a JSON-safe
+dict, without the large tokenizer arrays (the reader is kept as ``reader``
+for code that needs them).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from helix_framework.errors import SourceError
+from helix_framework.sources.base import ModelSource, RawTensor, TensorInfo
+
+logger = logging.getLogger(__name__)
+
+#: Arrays with more elements than this are left out of ``config``.
+MAX_CONFIG_ARRAY = 1024
+#: Metadata keys always left out of ``config`` (vocabulary-sized arrays).
+DROPPED_KEYS = frozenset(
+    {"tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.merges", "tokenizer.ggml.scores"}
+)
+#: Elements dequantized per chunk (bounds the dequantizer's temporaries).
+CHUNK_ELEMENTS = 1 << 20
+_INTEGER_TYPES = ("I8", "I16", "I32", "I64")
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _field_value(field: Any) -> Any:
+    try:
+        return _json_safe(field.contents())
+    except UnicodeDecodeError:
+        return bytes(field.parts[-1]).decode("utf-8", "replace")
+
+
+class GGUFSource(ModelSource):
+    """A GGUF file; tensors rows-first, quantized ones dequantized on read."""
+
+    kind = "gguf"
+
+    def __init__(self, path: Path):
+        super().__init__(Path(path))
+        try:
+            import gguf
+        except ImportError as exc:  # pragma: no cover - gguf is a dependency
+            raise SourceError(f"reading GGUF needs the 'gguf' package ({exc}); pip install gguf", path=str(path)) from None
+        self._gguf = gguf
+        try:
+            self.reader = gguf.GGUFReader(self.path, "r")
+        except Exception as exc:  # the reader raises ValueError, struct errors, IndexError...
+            raise SourceError(f"corrupt or unsupported GGUF file: {type(exc).__name__}: {exc}", path=str(self.path)) from None
+        size = self.reader.data.shape[0]
+        config: dict[str, Any] = {}
+        for key, field in self.reader.fields.items():
+            if key.startswith("GGUF."):
+                continue
+            if key in DROPPED_KEYS or (len(field.types) > 1 and len(field.data) > MAX_CONFIG_ARRAY):
+                logger.debug("%s: metadata %s (%d items) left out of config", self.path.name, key, len(field.data))
+                continue
+            config[key] = _field_value(field)
+        self.config = config
+        arch = config.get("general.architecture")
+        self.architecture = arch if isinstance(arch, str) and arch else None
+        self._tensors: dict[str, Any] = {}
+        for t in self.reader.tensors:
+            qtype = t.tensor_type
+            block, type_size = gguf.GGML_QUANT_SIZES[qtype]
+            shape = tuple(int(d) for d in reversed(t.shape.tolist()))
+            if t.data_offset + int(t.n_bytes) > size:
+                raise SourceError(
+                    f"truncated GGUF file: tensor data ends at byte {t.data_offset + int(t.n_bytes)}, file has {size}",
+                    path=str(self.path),
+                    tensor=t.name,
+                )
+            self._tensors[t.name] = t
+            self._infos[t.name] = TensorInfo(
+                name=t.name,
+                dtype=qtype.name,
+                shape=shape,
+                source_bits_per_weight=type_size * 8 / block,
+                file=str(self.path),
+                nbytes=int(t.n_bytes),
+            )
+        logger.info("opened GGUF %s: %s, %d tensors", self.path, self.architecture, len(self._infos))
+
+    def read(self, name: str) -> np.ndarray:
+        """See `ModelSource.read`; quantized types are dequantized to float32."""
+        info = self.tensor(name)
+        t = self._tensors[name]
+        dtype = info.dtype
+        if dtype in ("F32", "F16", "F64"):
+            return np.asarray(t.data).astype(np.float32).reshape(info.shape)
+        if dtype in _INTEGER_TYPES:
+            raise SourceError(
+                f"dtype {dtype} cannot be read as float32 (it is an integer tensor); route it to passthrough",
+                path=str(self.path),
+                tensor=name,
+            )
+        qtype = t.tensor_type
+        out = np.empty(info.shape, dtype=np.float32)
+        if out.size == 0:
+            return out
+        data = np.asarray(t.data)
+        row_bytes = data.shape[-1]
+        cols = info.shape[-1] if info.shape else 1
+        data2 = data.reshape(-1, row_bytes)
+        out2 = out.reshape(-1, cols)
+        step = max(1, CHUNK_ELEMENTS // max(cols, 1))
+        try:
+            for i in range(0, data2.shape[0], step):
+                out2[i : i + step] = self._gguf.quants.dequantize(data2[i : i + step], qtype)
+        except NotImplementedError:
+            raise SourceError(
+                f"dtype {dtype} has no dequantizer in gguf {getattr(self._gguf, '__version__', '')}".rstrip(),
+                path=str(self.path),
+                tensor=name,
+            ) from None
+        return out
+
+    def read_raw(self, name: str) -> RawTensor:
+        """See `ModelSource.read_raw`: GGUF block bytes for quantized types."""
+        info = self.tensor(name)
+        t = self._tensors[name]
+        raw = np.asarray(self.reader.data[t.data_offset : t.data_offset + info.nbytes])
+        return RawTensor(info.dtype, info.shape, raw)
+
+    def close(self) -> None:
+        """Drop the reader and its memory map."""
+        self._tensors = {}
+        self.reader = None
