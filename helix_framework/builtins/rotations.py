@@ -1,0 +1,30 @@
+"""Built-in rotation ``identity``: rows pass through unchanged."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+
+from helix_framework.rotation import Rotation, RotationState
+
+__all__ = ["IdentityRotation"]
+
+
+class IdentityRotation(Rotation):
+    """``identity``: apply and invert return a float32 copy of the rows.
+
+    Stores no arrays, so it costs no bits per weight.
+    """
+
+    name: ClassVar[str] = "identity"
+    version: ClassVar[str] = "1.0.0"
+
+    def fit(self, rows: np.ndarray, params: Any, rng: np.random.Generator) -> RotationState:
+        return RotationState(meta={"row_dim": int(np.shape(rows)[-1])})
+
+    def apply(self, state: RotationState, rows: np.ndarray) -> np.ndarray:
+        return np.array(rows, dtype=np.float32, copy=True)
+
+    def invert(self, state: RotationState, rows: np.ndarray) -> np.ndarray:
+        return np.array(rows, dtype=np.float32, copy=True)

@@ -1,0 +1,236 @@
+"""Conformance helpers for codec, rotation, compressor and measurement plugins.
+
+The built-in components and third-party plugins call these from their own
+tests, so every plugin is held to the same contract (round trip, determinism
+for a seed, honest bits, invertible rotations, params that survive JSON).
+Each helper raises `AssertionError` with a message saying what broke, and
+returns something useful (a reconstruction, a bits account) for further
+checks. Example, in a plugin's ``tests/test_my_codec.py``::
+
+    import numpy as np
+    from helix_framework import testing
+    from my_plugin import MyCodec
+
+    ROWS = np.random.default_rng(0).standard_normal((64, 96)).astype(np.float32)
+
+    def test_conformance():
+        codec, params = MyCodec(), MyCodec.Params(centroids=16)
+        testing.check_params_round_trip(params)
+        testing.check_codec_round_trip(codec, params, ROWS, max_rel_l2=0.5)
+        testing.check_codec_deterministic(codec, params, ROWS, seed=7)
+        testing.check_codec_bits(codec, params, ROWS)
+
+The helpers use only numpy and attrs/cattrs; pytest is not required.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Mapping
+
+import attrs
+import cattrs
+import numpy as np
+
+from helix_framework.codec import BitsAccount, Codec, CodecState, Codes
+from helix_framework.compressor import CompressionResult, Compressor, ratio_of
+from helix_framework.measure.stats import rel_l2
+from helix_framework.measurement import MeasureContext, Measurement
+from helix_framework.rotation import Rotation, RotationState
+
+__all__ = [
+    "check_codec_bits",
+    "check_codec_deterministic",
+    "check_codec_round_trip",
+    "check_compressor",
+    "check_measurement",
+    "check_params_round_trip",
+    "check_rotation_invertible",
+]
+
+
+def _label(component: Any) -> str:
+    return f"{type(component).__name__} {getattr(component, 'name', '?')!r}"
+
+
+def _rows(rows: np.ndarray) -> np.ndarray:
+    arr = np.asarray(rows)
+    assert arr.ndim == 2, f"test rows must be 2-D [n_rows, row_dim]; got shape {arr.shape}"
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def _fit_encode(codec: Codec, params: Any, rows: np.ndarray, seed: int) -> tuple[CodecState, Codes]:
+    label = _label(codec)
+    assert isinstance(codec, Codec), f"{label} is not a helix_framework.Codec"
+    assert isinstance(params, codec.Params), (
+        f"{label}: params is a {type(params).__name__}, expected its Params {codec.Params.__name__}"
+    )
+    codec.validate(params)
+    state = codec.fit(rows.copy(), params, np.random.default_rng(seed))
+    assert isinstance(state, CodecState), f"{label}.fit returned {type(state).__name__}, not CodecState"
+    codes = codec.encode(state, rows.copy())
+    assert isinstance(codes, Codes), f"{label}.encode returned {type(codes).__name__}, not Codes"
+    return state, codes
+
+
+def check_codec_round_trip(
+    codec: Codec,
+    params: Any,
+    rows: np.ndarray,
+    *,
+    max_rel_l2: float | None = None,
+    exact: bool = False,
+    seed: int = 0,
+) -> np.ndarray:
+    """fit, encode and decode ``rows``; return the reconstruction.
+
+    Checks that decode gives finite float32 rows of the input's shape, that
+    the caller's rows are left untouched, and, if ``exact``, that every bit
+    matches (compared as raw bits, so -0.0 vs 0.0 or NaN payloads count);
+    else, if ``max_rel_l2`` is given, that the pooled relative L2 is at most
+    that bound.
+    """
+    x = _rows(rows)
+    before = x.copy()
+    state, codes = _fit_encode(codec, params, x, seed)
+    y = codec.decode(state, codes)
+    label = _label(codec)
+    assert np.array_equal(x, before), f"{label} modified the caller's rows in place"
+    assert isinstance(y, np.ndarray), f"{label}.decode returned {type(y).__name__}, not ndarray"
+    assert y.shape == x.shape, f"{label}.decode shape {y.shape} != encoded shape {x.shape}"
+    assert y.dtype == np.float32, f"{label}.decode dtype {y.dtype}, expected float32"
+    assert np.all(np.isfinite(y)), f"{label}.decode produced non-finite values"
+    if exact:
+        diff = np.flatnonzero(x.view(np.uint32) != y.view(np.uint32))
+        assert diff.size == 0, (
+            f"{label} is not bit-exact: {diff.size} of {x.size} weights differ, "
+            f"first at flat index {diff[0]}: {x.ravel()[diff[0]]!r} -> {y.ravel()[diff[0]]!r}"
+        )
+    elif max_rel_l2 is not None and np.any(x):
+        err = rel_l2(x, y)
+        assert err <= max_rel_l2, f"{label}: relative L2 {err:.6g} exceeds the bound {max_rel_l2:.6g}"
+    return y
+
+
+def _assert_same_arrays(what: str, a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> None:
+    assert set(a) == set(b), f"{what}: array names differ between runs: {sorted(a)} vs {sorted(b)}"
+    for key in a:
+        x, y = np.asarray(a[key]), np.asarray(b[key])
+        assert x.dtype == y.dtype and x.shape == y.shape, (
+            f"{what}[{key!r}]: {x.dtype}{x.shape} vs {y.dtype}{y.shape} between runs"
+        )
+        assert x.tobytes() == y.tobytes(), f"{what}[{key!r}] differs between two runs with the same seed"
+
+
+def check_codec_deterministic(codec: Codec, params: Any, rows: np.ndarray, seed: int) -> None:
+    """Two fits and encodes with the same seed give identical state and codes
+    (arrays byte for byte, with dtype and shape, and equal metadata)."""
+    x = _rows(rows)
+    s1, c1 = _fit_encode(codec, params, x, seed)
+    s2, c2 = _fit_encode(codec, params, x, seed)
+    label = _label(codec)
+    _assert_same_arrays(f"{label} state", s1.arrays, s2.arrays)
+    _assert_same_arrays(f"{label} codes", c1.arrays, c2.arrays)
+    assert dict(s1.meta) == dict(s2.meta), f"{label} state meta differs: {s1.meta} vs {s2.meta}"
+    assert dict(c1.meta) == dict(c2.meta), f"{label} codes meta differs: {c1.meta} vs {c2.meta}"
+
+
+def check_codec_bits(codec: Codec, params: Any, rows: np.ndarray, *, seed: int = 0) -> BitsAccount:
+    """The bits account of ``rows`` is a `BitsAccount` over every weight, with
+    positive code bits, non-negative overhead and total_bpw >= code_bpw."""
+    x = _rows(rows)
+    state, _ = _fit_encode(codec, params, x, seed)
+    n, d = x.shape
+    acct = codec.bits(state, n, d)
+    label = _label(codec)
+    assert isinstance(acct, BitsAccount), f"{label}.bits returned {type(acct).__name__}, not BitsAccount"
+    assert acct.n_weights == n * d, f"{label}.bits counts {acct.n_weights} weights, expected {n}x{d}={n * d}"
+    assert acct.code_bits > 0, f"{label}.bits: code_bits must be positive; got {acct.code_bits}"
+    assert acct.overhead_bits >= 0, f"{label}.bits: overhead_bits is negative ({acct.overhead_bits})"
+    assert acct.total_bpw >= acct.code_bpw, f"{label}.bits: total_bpw {acct.total_bpw} < code_bpw {acct.code_bpw}"
+    return acct
+
+
+def check_rotation_invertible(
+    rotation: Rotation, params: Any, rows: np.ndarray, atol: float = 1e-5, *, rtol: float = 1e-5, seed: int = 0
+) -> None:
+    """invert(apply(rows)) == rows within ``atol + rtol * max|rows|`` (float32
+    rounding), float32 and shape kept, the caller's rows untouched, and a
+    non-negative integer overhead."""
+    x = _rows(rows)
+    before = x.copy()
+    label = _label(rotation)
+    assert isinstance(rotation, Rotation), f"{label} is not a helix_framework.Rotation"
+    assert isinstance(params, rotation.Params), (
+        f"{label}: params is a {type(params).__name__}, expected {rotation.Params.__name__}"
+    )
+    rotation.validate(params)
+    state = rotation.fit(x.copy(), params, np.random.default_rng(seed))
+    assert isinstance(state, RotationState), f"{label}.fit returned {type(state).__name__}, not RotationState"
+    z = rotation.apply(state, x)
+    assert np.array_equal(x, before), f"{label}.apply modified the caller's rows in place"
+    assert z.shape == x.shape and z.dtype == np.float32, f"{label}.apply gave {z.dtype}{z.shape}, expected float32{x.shape}"
+    back = rotation.invert(state, z)
+    assert back.shape == x.shape and back.dtype == np.float32, (
+        f"{label}.invert gave {back.dtype}{back.shape}, expected float32{x.shape}"
+    )
+    tol = atol + rtol * float(np.max(np.abs(x), initial=0.0))
+    worst = float(np.max(np.abs(back.astype(np.float64) - x), initial=0.0))
+    assert worst <= tol, f"{label}: invert(apply(x)) is off by up to {worst:.3g} (tolerance {tol:.3g})"
+    bits = rotation.overhead_bits(state)
+    assert isinstance(bits, (int, np.integer)) and bits >= 0, f"{label}.overhead_bits gave {bits!r}"
+
+
+def check_params_round_trip(params: Any, converter: cattrs.Converter | None = None) -> Any:
+    """unstructure -> JSON text -> structure gives an equal params object.
+
+    ``converter`` defaults to the project's converter, the one configs go
+    through.
+    """
+    assert attrs.has(type(params)), f"{type(params).__name__} is not an attrs class"
+    if converter is None:
+        from helix_framework.config import converter as conv
+    else:
+        conv = converter
+    raw = conv.unstructure(params)
+    try:
+        text = json.dumps(raw)
+    except TypeError as exc:
+        raise AssertionError(f"{type(params).__name__} does not unstructure to JSON-safe data: {exc}") from None
+    back = conv.structure(json.loads(text), type(params))
+    assert back == params, f"{type(params).__name__} changed through JSON: {params!r} -> {back!r}"
+    return back
+
+
+def check_compressor(compressor: Compressor, text: str, target: int, **kwargs: Any) -> CompressionResult:
+    """compress(text, target) returns a `CompressionResult` no longer than
+    ``target``, whose ratio is output/input characters, with a path named."""
+    label = _label(compressor)
+    result = compressor.compress(text, target, **kwargs)
+    assert isinstance(result, CompressionResult), f"{label} returned {type(result).__name__}, not CompressionResult"
+    assert isinstance(result.text, str), f"{label}: result text is a {type(result.text).__name__}"
+    assert len(result.text) <= target, f"{label}: {len(result.text)} characters, over the target {target}"
+    expected = ratio_of(text, result.text)
+    assert math.isclose(result.ratio, expected, rel_tol=1e-9, abs_tol=1e-12), (
+        f"{label}: ratio {result.ratio} but output/input is {len(result.text)}/{len(text)} = {expected}"
+    )
+    assert isinstance(result.path, str) and result.path, f"{label}: result.path must name the path that ran"
+    assert isinstance(result.fell_back, bool), f"{label}: fell_back must be a bool"
+    return result
+
+
+def check_measurement(measurement: Measurement, context: MeasureContext) -> dict[str, float]:
+    """measure(context) returns a non-empty dict of finite floats, the same
+    on a second call with the same context."""
+    label = _label(measurement)
+    figures = measurement.measure(context)
+    assert isinstance(figures, dict) and figures, f"{label} returned {figures!r}, expected a non-empty dict"
+    for key, value in figures.items():
+        assert isinstance(key, str), f"{label}: figure name {key!r} is not a string"
+        assert isinstance(value, (float, int, np.floating, np.integer)) and math.isfinite(value), (
+            f"{label}: figure {key!r} = {value!r} is not a finite number"
+        )
+    again = measurement.measure(context)
+    assert again == figures, f"{label} is not deterministic for a fixed context: {figures} vs {again}"
+    return figures
