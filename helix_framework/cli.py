@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 EXIT_OK = 0
@@ -74,6 +75,65 @@ def cmd_check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- helix calibrate / verify / decode -------------------------------------------
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    print(f"candidate  {summary['candidate']}  ->  {summary['out_dir']}")
+    print(f"tensors    {summary['tensors']}  ({', '.join(f'{k} {v}' for k, v in sorted(summary['routed'].items()))})")
+    rows = [(k, _fmt(v)) for k, v in summary["held_out"].items() if k != "label_in_sample"]
+    label = "in-sample" if summary["held_out"].get("label_in_sample") else "held-out"
+    rows += [(k, _fmt(v)) for k, v in summary["bits"].items()]
+    rows += [("seconds", f"{summary['seconds']:.1f}")]
+    rows += [(f"flag {k}", v) for k, v in summary["flags"].items()]
+    rows += [(f"kernels {k}", v) for k, v in summary["kernels"].items()]
+    print(_table(rows, (f"figure ({label} rows)", "value")))
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from helix_framework.calibrate import calibrate
+    from helix_framework.config import load_candidate
+    from helix_framework.host import get_host
+
+    host = get_host()
+    host.check_strict()
+    candidate = load_candidate(args.config, host)
+    summary = calibrate(args.model, candidate, args.out, tensors=args.tensors, host=host,
+                        progress=not args.json and sys.stderr.isatty())
+    if args.json:
+        _print_json(summary.to_json())
+    else:
+        print_summary(summary.to_json())
+    return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from helix_framework.artifacts import artifact_files, read_manifest, verify
+
+    problems = verify(Path(args.dir))
+    n = sum(1 for _ in artifact_files(read_manifest(Path(args.dir))))
+    for line in problems:
+        print(f"BAD  {line}")
+    print(f"{n - len(problems)} of {n} artifact files match the manifest")
+    return EXIT_FAIL if problems else EXIT_OK
+
+
+def cmd_decode(args: argparse.Namespace) -> int:
+    from helix_framework.calibrate import decode
+    from helix_framework.host import get_host
+
+    result = decode(args.dir, args.out, host=get_host())
+    copied = f"; copied {', '.join(result['copied'])}" if result["copied"] else ""
+    print(f"wrote {result['tensors']} tensors to {result['out']}{copied}")
+    return EXIT_OK
+
+
 # -- helix jit -------------------------------------------------------------
 
 
@@ -118,6 +178,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("check", help="validate candidate configs without running anything")
     p.add_argument("configs", nargs="+", metavar="CONFIG")
     p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("calibrate", help="compress every routed tensor of a model and measure it")
+    p.add_argument("model", metavar="MODEL", help=".safetensors file, Hugging Face directory or .gguf file")
+    p.add_argument("--config", required=True, metavar="FILE", help="candidate YAML")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory (manifest.json + tensors/)")
+    p.add_argument("--tensors", metavar="REGEX", help="only compress tensors whose name matches")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("verify", help="re-hash every artifact file against the manifest")
+    p.add_argument("dir", metavar="DIR")
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("decode", help="rebuild a loadable safetensors model from artifacts")
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("--out", required=True, metavar="FILE.safetensors")
+    p.set_defaults(func=cmd_decode)
 
     p = sub.add_parser("jit", help="the compiled-kernel cache")
     jit_sub = p.add_subparsers(dest="jit_command", metavar="ACTION")

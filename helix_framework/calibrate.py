@@ -1,0 +1,507 @@
+"""The calibration pipeline: source -> route -> split -> fit -> encode ->
+measure -> artifacts.
+
+One tensor is in memory at a time (its float32 rows, the rotated rows when
+the rotation is not the identity, and the reconstruction). Every tensor of
+the source gets a manifest entry with its route and reason. Rows are split by
+a seeded permutation into disjoint calibration and held-out sets; every
+figure is reported on held-out rows, calibration rows and all rows, labelled.
+The manifest is written last and atomically (see `helix_framework.artifacts`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import re
+import time
+import zlib
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import attrs
+import numpy as np
+
+import helix_jit
+
+from helix_framework import artifacts
+from helix_framework.codec import CodecState, Codes
+from helix_framework.config import CandidateConfig, kernel_signature
+from helix_framework.errors import HelixError
+from helix_framework.measurement import MeasureContext
+from helix_framework.rotation import RotationState
+from helix_framework.routing import route_tensor
+from helix_framework.sources import ModelSource, open_source
+
+log = logging.getLogger(__name__)
+
+
+class CalibrationError(HelixError):
+    """A tensor could not be calibrated; the message names it."""
+
+
+# -- rows ----------------------------------------------------------------------
+
+
+@attrs.frozen
+class RowSplit:
+    """Disjoint calibration and held-out row indices of one tensor."""
+
+    n_rows: int
+    calibration: np.ndarray = attrs.field(eq=False, repr=False)
+    held_out: np.ndarray = attrs.field(eq=False, repr=False)
+    seed: int
+    in_sample: bool = False
+    clamped: bool = False
+
+    @property
+    def held_out_label(self) -> str:
+        return "in_sample" if self.in_sample else "held_out"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "n_rows": self.n_rows,
+            "calibration": int(self.calibration.size),
+            "held_out": int(self.held_out.size),
+            "seed": self.seed,
+            "in_sample": self.in_sample,
+            "clamped": self.clamped,
+            "calibration_sha256": _index_hash(self.calibration),
+            "held_out_sha256": _index_hash(self.held_out),
+        }
+
+
+def _index_hash(idx: np.ndarray) -> str:
+    return hashlib.sha256(np.sort(idx).astype("<i8").tobytes()).hexdigest()
+
+
+def split_rows(n_rows: int, rows: Any, in_sample: bool, name: str = "") -> RowSplit:
+    """Draw the row split of a tensor with ``n_rows`` rows.
+
+    Held-out rows come first in a seeded permutation, calibration rows after
+    them, so the sets are disjoint by construction. When the tensor has fewer
+    rows than both requests together, the held-out set shrinks to a quarter
+    of the rows (at least one) and calibration takes the rest; the manifest
+    records ``clamped``.
+    """
+    seed = int(rows.seed)
+    perm = np.random.default_rng(seed).permutation(n_rows)
+    if in_sample:
+        n_cal = n_rows if rows.calibration == "all" else min(int(rows.calibration), n_rows)
+        cal = np.sort(perm[:n_cal])
+        if rows.measurement == "calibration":
+            held = cal
+        else:
+            held = np.sort(perm[:min(int(rows.measurement), n_rows)])
+        return RowSplit(n_rows, cal, held, seed, in_sample=True, clamped=n_cal < n_rows and rows.calibration == "all")
+    if n_rows < 2:
+        raise CalibrationError(f"tensor {name!r}: {n_rows} row(s), cannot hold any row out")
+    want_cal, want_held = int(rows.calibration), int(rows.measurement)
+    clamped = want_cal + want_held > n_rows
+    n_held = min(want_held, max(1, n_rows // 4)) if clamped else want_held
+    n_cal = min(want_cal, n_rows - n_held)
+    held = np.sort(perm[:n_held])
+    cal = np.sort(perm[n_held : n_held + n_cal])
+    return RowSplit(n_rows, cal, held, seed, in_sample=False, clamped=clamped)
+
+
+# -- one tensor ----------------------------------------------------------------
+
+
+@attrs.frozen
+class Components:
+    """The resolved plugins of a candidate."""
+
+    candidate: CandidateConfig
+    codec: Any
+    rotation: Any
+    measurements: tuple[Any, ...]
+    codec_reg: Any
+    rotation_reg: Any
+
+
+def resolve(candidate: CandidateConfig, host: Any = None) -> Components:
+    if host is None:
+        from helix_framework.host import get_host
+
+        host = get_host()
+    codec_reg = host.lookup("codec", candidate.codec)
+    rotation_reg = host.lookup("rotation", candidate.rotation.kind)
+    measurements = tuple(host.measurement(m) for m in candidate.measure if _tensor_level(host.measurement(m)))
+    return Components(candidate, codec_reg.obj, rotation_reg.obj, measurements, codec_reg, rotation_reg)
+
+
+def _tensor_level(measurement: Any) -> bool:
+    return getattr(measurement, "scope", "tensor") == "tensor"
+
+
+@attrs.frozen
+class TensorResult:
+    """What calibrating one matrix produced."""
+
+    arrays: dict[str, np.ndarray] = attrs.field(repr=False)
+    reconstruction: np.ndarray = attrs.field(repr=False)
+    split: RowSplit
+    metrics: dict[str, dict[str, float]]
+    bits: dict[str, float]
+    codec_meta: dict[str, Any]
+    rotation_meta: dict[str, Any]
+    timing: dict[str, float]
+    flags: tuple[str, ...] = ()
+
+
+def tensor_rng(seed: int, name: str) -> np.random.Generator:
+    """A generator that depends on the seed and the tensor, not on tensor order."""
+    return np.random.default_rng([seed, zlib.crc32(name.encode())])
+
+
+def calibrate_matrix(x: np.ndarray, name: str, comp: Components) -> TensorResult:
+    """Fit, encode, decode and measure one 2-D float32 matrix."""
+    cand = comp.candidate
+    split = split_rows(x.shape[0], cand.rows, cand.in_sample, name)
+    rng = tensor_rng(cand.rows.seed, name)
+    t0 = time.perf_counter()
+    try:
+        rot_state = comp.rotation.fit(x[split.calibration], cand.rotation.params, rng)
+        xr = comp.rotation.apply(rot_state, x)
+        state = comp.codec.fit(xr[split.calibration], cand.params, rng)
+        t1 = time.perf_counter()
+        codes = comp.codec.encode(state, xr)
+        del xr
+        t2 = time.perf_counter()
+        recon = comp.rotation.invert(rot_state, comp.codec.decode(state, codes))
+        t3 = time.perf_counter()
+        if recon.shape != x.shape or recon.dtype != np.float32:
+            raise CalibrationError(
+                f"codec {cand.codec!r} decoded {recon.dtype}{recon.shape}, expected float32{x.shape}"
+            )
+        bits_account = comp.codec.bits(state, x.shape[0], x.shape[1])
+        rotation_bits = comp.rotation.overhead_bits(rot_state)
+    except HelixError as exc:
+        raise _named(exc, name) from exc
+    metrics = measure_splits(x, recon, split, comp.measurements, cand.rows.seed, name)
+    t4 = time.perf_counter()
+    n_weights = x.size
+    total_bits = bits_account.code_bits + bits_account.overhead_bits + rotation_bits
+    bits = {
+        "code_bpw": bits_account.code_bpw,
+        "codebook_bpw": bits_account.overhead_bpw,
+        "rotation_bpw": rotation_bits / n_weights,
+        "total_bpw": total_bits / n_weights,
+        "total_bits": total_bits,
+    }
+    arrays = {f"codes.{k}": v for k, v in codes.arrays.items()}
+    arrays.update({f"state.{k}": v for k, v in state.arrays.items()})
+    arrays.update({f"rotation.{k}": v for k, v in rot_state.arrays.items()})
+    flags = tuple(state.meta.get("flags", ()))
+    if split.in_sample:
+        flags += ("in_sample",)
+    return TensorResult(
+        arrays=arrays,
+        reconstruction=recon,
+        split=split,
+        metrics=metrics,
+        bits=bits,
+        codec_meta={"state": dict(state.meta), "codes": dict(codes.meta)},
+        rotation_meta=dict(rot_state.meta),
+        timing={"fit_s": t1 - t0, "encode_s": t2 - t1, "decode_s": t3 - t2, "measure_s": t4 - t3},
+        flags=flags,
+    )
+
+
+def _named(exc: HelixError, name: str) -> HelixError:
+    """The same error type with the tensor named (CalibrationError for types
+    whose message is built from fields)."""
+    message = f"tensor {name!r}: {exc}"
+    if type(exc).__str__ is not Exception.__str__ or type(exc).__init__ is not Exception.__init__:
+        return CalibrationError(message)
+    return type(exc)(message)
+
+
+def measure_splits(
+    x: np.ndarray, recon: np.ndarray, split: RowSplit, measurements: tuple[Any, ...], seed: int, name: str
+) -> dict[str, dict[str, float]]:
+    """Every measurement on held-out (or in-sample), calibration and all rows."""
+    out: dict[str, dict[str, float]] = {}
+    for label, idx in ((split.held_out_label, split.held_out), ("calibration", split.calibration), ("all", None)):
+        orig = x if idx is None else x[idx]
+        rec = recon if idx is None else recon[idx]
+        figures: dict[str, float] = {}
+        for m in measurements:
+            figures.update(m.measure(MeasureContext(orig, rec, split=label, seed=seed, tensor=name)))
+        out[label] = figures
+    return out
+
+
+# -- the run -------------------------------------------------------------------
+
+
+@attrs.frozen
+class CalibrationSummary:
+    """The headline figures of a run (what ``--json`` prints)."""
+
+    out_dir: str
+    candidate: str
+    tensors: int
+    routed: dict[str, int]
+    held_out: dict[str, float]
+    bits: dict[str, float]
+    seconds: float
+    flags: dict[str, int]
+    kernels: dict[str, int]
+
+    def to_json(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+def calibrate(
+    model: str | Path,
+    candidate: CandidateConfig,
+    out_dir: str | Path,
+    *,
+    tensors: str | None = None,
+    host: Any = None,
+    progress: bool = False,
+) -> CalibrationSummary:
+    """Calibrate every routed tensor of ``model`` and write artifacts to ``out_dir``."""
+    comp = resolve(candidate, host)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tensor_dir = out / artifacts.TENSOR_DIR
+    selector = re.compile(tensors) if tensors else None
+    started = time.perf_counter()
+    with open_source(model) as source, helix_jit.record_kernels() as recorder:
+        infos = source.tensors()
+        entries = []
+        for info in _progress(infos, progress, "calibrating"):
+            entries.append(_calibrate_one(source, info, comp, tensor_dir, selector))
+        manifest = {
+            "schema_version": artifacts.SCHEMA_VERSION,
+            "source": {
+                "path": str(Path(model).resolve()),
+                "kind": source.kind,
+                "architecture": source.architecture,
+                "files": source.file_hashes(),
+                "tokenizer_files": [p.name for p in source.tokenizer_files()],
+            },
+            "config": candidate.to_json(),
+            "config_file": candidate.source,
+            "kernel_signature": kernel_signature(candidate, host) if host is not None else kernel_signature(candidate),
+            "codec": _plugin_json(comp.codec_reg),
+            "rotation": _plugin_json(comp.rotation_reg),
+            "tensor_filter": tensors,
+            "kernels": _kernels_json(recorder),
+            "tensors": entries,
+        }
+    summary = _summarize(manifest, str(out), time.perf_counter() - started)
+    manifest["summary"] = summary.to_json()
+    artifacts.write_json_atomic(out / artifacts.MANIFEST, manifest)
+    artifacts.remove_unreferenced(out, manifest)
+    return summary
+
+
+def _plugin_json(reg: Any) -> dict[str, Any]:
+    return {"name": reg.name, "version": getattr(reg.obj, "version", None), "distribution": reg.distribution,
+            "distribution_version": reg.version}
+
+
+def _calibrate_one(source: ModelSource, info: Any, comp: Components, tensor_dir: Path, selector: Any) -> dict[str, Any]:
+    name, shape = info.name, tuple(info.shape)
+    decision = route_tensor(name, shape, comp.candidate.routes)
+    route, reason, reshape = decision.route, decision.reason, decision.reshape
+    if selector is not None and not selector.search(name) and route == "codec":
+        route, reason = "passthrough", "not selected by --tensors; kept as is"
+    entry: dict[str, Any] = {
+        "name": name,
+        "dtype": info.dtype,
+        "shape": list(shape),
+        "source_bits_per_weight": info.source_bits_per_weight,
+        "route": route,
+        "reason": reason,
+        "rule": decision.rule,
+    }
+    x = None
+    if route == "codec":
+        try:
+            x = source.read(name)
+        except HelixError as exc:
+            route, reason = "passthrough", f"cannot be read as float: {exc}; kept as is"
+        else:
+            rows_shape = reshape or shape
+            x = x.reshape(rows_shape)
+            if x.shape[0] < 2 and not comp.candidate.in_sample:
+                route, reason = "skip", f"{x.shape[0]} row(s): no row can be held out; kept as is"
+            elif not np.isfinite(x).all():
+                bad = int((~np.isfinite(x)).sum())
+                route, reason = "skip", f"contains {bad} NaN or infinite value(s); kept as is"
+    entry["route"], entry["reason"] = route, reason
+    stem = artifacts.sanitize(name)
+    if route != "codec":
+        raw = source.read_raw(name)
+        stored = raw.dtype in artifacts.SAFETENSORS_DTYPES
+        payload = {"weight": raw} if stored else {"raw": ("U8", [raw.data.size], raw.data)}
+        file, sha, size = artifacts.write_safetensors(tensor_dir, stem, payload)
+        entry["files"] = [{"file": f"{artifacts.TENSOR_DIR}/{file}", "sha256": sha, "bytes": size}]
+        return entry
+    result = calibrate_matrix(x, name, comp)
+    file, sha, size = artifacts.write_safetensors(tensor_dir, stem, result.arrays)
+    entry.update(
+        {
+            "reshape": list(reshape) if reshape else None,
+            "n_rows": int(x.shape[0]),
+            "row_dim": int(x.shape[1]),
+            "files": [{"file": f"{artifacts.TENSOR_DIR}/{file}", "sha256": sha, "bytes": size}],
+            "rows": result.split.to_json(),
+            "metrics": result.metrics,
+            "bits": {
+                **result.bits,
+                "source_bpw": info.source_bits_per_weight,
+                "ratio_vs_source": (info.source_bits_per_weight / result.bits["total_bpw"])
+                if info.source_bits_per_weight else None,
+                "ratio_vs_f16": 16.0 / result.bits["total_bpw"],
+            },
+            "codec_meta": result.codec_meta,
+            "rotation_meta": result.rotation_meta,
+            "timing": result.timing,
+            "flags": list(result.flags),
+        }
+    )
+    return entry
+
+
+def _summarize(manifest: dict[str, Any], out_dir: str, seconds: float) -> CalibrationSummary:
+    entries = manifest["tensors"]
+    routed: dict[str, int] = {}
+    for e in entries:
+        routed[e["route"]] = routed.get(e["route"], 0) + 1
+    coded = [e for e in entries if e["route"] == "codec"]
+    weights = np.array([e["n_rows"] * e["row_dim"] for e in coded], dtype=np.float64)
+    held: dict[str, float] = {}
+    if coded:
+        label = "in_sample" if manifest["config"]["in_sample"] else "held_out"
+        keys = sorted(set.intersection(*(set(e["metrics"][label]) for e in coded)))
+        keys = [k for k in keys if not k.endswith(("_n", "_ci_low", "_ci_high"))]
+        for key in keys:
+            vals = np.array([e["metrics"][label][key] for e in coded], dtype=np.float64)
+            held[f"mean_{key}"] = float(vals.mean())
+        held["label_in_sample"] = float(label == "in_sample")
+    total_bits = float(sum(e["bits"]["total_bits"] for e in coded))
+    bits = {
+        "codec_weights": float(weights.sum()),
+        "codec_total_bpw": total_bits / weights.sum() if coded else 0.0,
+        "codec_code_bpw": float(sum(e["bits"]["code_bpw"] * w for e, w in zip(coded, weights)) / weights.sum())
+        if coded else 0.0,
+    }
+    flags: dict[str, int] = {}
+    for e in coded:
+        for f in e.get("flags", []):
+            flags[f] = flags.get(f, 0) + 1
+    kernels = manifest.get("kernels", {})
+    return CalibrationSummary(
+        out_dir=out_dir,
+        candidate=manifest["config"]["name"],
+        tensors=len(entries),
+        routed=routed,
+        held_out=held,
+        bits=bits,
+        seconds=seconds,
+        flags=flags,
+        kernels={k: v for k, v in kernels.items() if isinstance(v, int)},
+    )
+
+
+def _progress(items: list[Any], enabled: bool, desc: str) -> Iterator[Any]:
+    if not enabled:
+        yield from items
+        return
+    from tqdm import tqdm
+
+    with tqdm(items, desc=desc, unit="tensor", leave=False) as bar:
+        for item in bar:
+            bar.set_postfix_str(item.name[-40:], refresh=False)
+            yield item
+
+
+def _kernels_json(recorder: Any) -> dict[str, Any]:
+    """The kernels a run used, and how many were compiled versus loaded."""
+    uses = [dataclasses.asdict(u) for u in recorder.kernels]
+    count = {origin: sum(u["source"] == origin for u in uses) for origin in ("compiled", "disk", "memory", "reference")}
+    return {"used": uses, **{f"n_{k}": v for k, v in count.items()}}
+
+
+# -- decode --------------------------------------------------------------------
+
+
+def split_arrays(arrays: dict[str, np.ndarray]) -> tuple[dict, dict, dict]:
+    """Artifact arrays back into (codes, state, rotation) dicts."""
+    parts: dict[str, dict[str, np.ndarray]] = {"codes": {}, "state": {}, "rotation": {}}
+    for key, value in arrays.items():
+        prefix, _, rest = key.partition(".")
+        parts[prefix][rest] = np.asarray(value)
+    return parts["codes"], parts["state"], parts["rotation"]
+
+
+def reconstruct(entry: dict[str, Any], directory: Path, host: Any, manifest: dict[str, Any]) -> np.ndarray:
+    """Rebuild one codec-routed tensor from its artifact (float32, source shape)."""
+    arrays = artifacts.read_safetensors(directory / entry["files"][0]["file"])
+    codes, state, rot = split_arrays(arrays)
+    codec = host.codec(manifest["codec"]["name"])
+    rotation = host.rotation(manifest["rotation"]["name"])
+    meta = entry["codec_meta"]
+    rows = codec.decode(CodecState(state, meta["state"]), Codes(codes, meta["codes"]))
+    rows = rotation.invert(RotationState(rot, entry["rotation_meta"]), rows)
+    return np.ascontiguousarray(rows, dtype=np.float32).reshape(entry["shape"])
+
+
+def decode(directory: str | Path, out_file: str | Path, host: Any = None, progress: bool = False) -> dict[str, Any]:
+    """Rebuild every tensor of a calibration into one safetensors file."""
+    import shutil
+
+    if host is None:
+        from helix_framework.host import get_host
+
+        host = get_host()
+    directory, out_file = Path(directory), Path(out_file)
+    manifest = artifacts.read_manifest(directory)
+    problems = artifacts.verify(directory)
+    if problems:
+        raise artifacts.ArtifactError(f"{directory}: artifacts do not match the manifest: {problems[0]}")
+
+    def produce(entry: dict[str, Any]) -> Any:
+        if entry["route"] == "codec":
+            return reconstruct(entry, directory, host, manifest)
+        arrays = artifacts.read_safetensors(directory / entry["files"][0]["file"])
+        if "weight" in arrays:
+            return (entry["dtype"], entry["shape"], np.asarray(arrays["weight"]).reshape(-1).view(np.uint8))
+        return _dequantize_raw(entry, np.asarray(arrays["raw"]))
+
+    specs = [(e["name"], _out_dtype(e), e["shape"]) for e in manifest["tensors"]]
+    entries = {e["name"]: e for e in manifest["tensors"]}
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    artifacts.write_safetensors_stream(
+        out_file, specs, lambda name: produce(entries[name]),
+        metadata={"helix_candidate": manifest["config"]["name"], "helix_source": manifest["source"]["path"]},
+    )
+    copied = []
+    if manifest["source"]["kind"] == "hf_directory":
+        src = Path(manifest["source"]["path"])
+        for name in ["config.json", "generation_config.json", *manifest["source"].get("tokenizer_files", [])]:
+            if (src / name).is_file():
+                shutil.copy2(src / name, out_file.parent / name)
+                copied.append(name)
+    return {"out": str(out_file), "tensors": len(specs), "copied": copied}
+
+
+def _out_dtype(entry: dict[str, Any]) -> str:
+    if entry["route"] == "codec" or entry["dtype"] not in artifacts.SAFETENSORS_DTYPES:
+        return "F32"
+    return entry["dtype"]
+
+
+def _dequantize_raw(entry: dict[str, Any], raw: np.ndarray) -> np.ndarray:
+    import gguf
+
+    qtype = gguf.GGMLQuantizationType[entry["dtype"]]
+    values = gguf.quants.dequantize(raw.view(np.uint8), qtype)
+    return np.ascontiguousarray(values, dtype=np.float32).reshape(entry["shape"])
