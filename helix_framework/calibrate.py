@@ -156,56 +156,74 @@ def tensor_rng(seed: int, name: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(name.encode())])
 
 
-def calibrate_matrix(x: np.ndarray, name: str, comp: Components) -> TensorResult:
-    """Fit, encode, decode and measure one 2-D float32 matrix."""
+@attrs.frozen
+class Fitted:
+    """A matrix fitted on some rows and reconstructed whole."""
+
+    rot_state: RotationState
+    state: CodecState
+    codes: Codes
+    reconstruction: np.ndarray = attrs.field(repr=False)
+    bits: dict[str, float]
+    timing: dict[str, float]
+
+
+def fit_reconstruct(
+    x: np.ndarray, cal_idx: np.ndarray, comp: Components, params: Any, name: str, rng: np.random.Generator
+) -> Fitted:
+    """Fit the rotation and codec on rows ``cal_idx``; encode, decode and invert every row."""
     cand = comp.candidate
-    split = split_rows(x.shape[0], cand.rows, cand.in_sample, name)
-    rng = tensor_rng(cand.rows.seed, name)
     t0 = time.perf_counter()
     try:
-        rot_state = comp.rotation.fit(x[split.calibration], cand.rotation.params, rng)
+        rot_state = comp.rotation.fit(x[cal_idx], cand.rotation.params, rng, codec_params=params)
         xr = comp.rotation.apply(rot_state, x)
-        state = comp.codec.fit(xr[split.calibration], cand.params, rng)
+        state = comp.codec.fit(xr[cal_idx], params, rng)
         t1 = time.perf_counter()
         codes = comp.codec.encode(state, xr)
-        del xr
+        del xr  # the rotated copy (if any) is not needed past encoding
         t2 = time.perf_counter()
         recon = comp.rotation.invert(rot_state, comp.codec.decode(state, codes))
         t3 = time.perf_counter()
         if recon.shape != x.shape or recon.dtype != np.float32:
-            raise CalibrationError(
-                f"codec {cand.codec!r} decoded {recon.dtype}{recon.shape}, expected float32{x.shape}"
-            )
-        bits_account = comp.codec.bits(state, x.shape[0], x.shape[1])
+            raise CalibrationError(f"codec {cand.codec!r} decoded {recon.dtype}{recon.shape}, expected float32{x.shape}")
+        account = comp.codec.bits(state, x.shape[0], x.shape[1])
         rotation_bits = comp.rotation.overhead_bits(rot_state)
     except HelixError as exc:
         raise _named(exc, name) from exc
-    metrics = measure_splits(x, recon, split, comp.measurements, cand.rows.seed, name)
-    t4 = time.perf_counter()
-    n_weights = x.size
-    total_bits = bits_account.code_bits + bits_account.overhead_bits + rotation_bits
+    total_bits = account.code_bits + account.overhead_bits + rotation_bits
     bits = {
-        "code_bpw": bits_account.code_bpw,
-        "codebook_bpw": bits_account.overhead_bpw,
-        "rotation_bpw": rotation_bits / n_weights,
-        "total_bpw": total_bits / n_weights,
+        "code_bpw": account.code_bpw,
+        "codebook_bpw": account.overhead_bpw,
+        "rotation_bpw": rotation_bits / x.size,
+        "total_bpw": total_bits / x.size,
         "total_bits": total_bits,
     }
-    arrays = {f"codes.{k}": v for k, v in codes.arrays.items()}
-    arrays.update({f"state.{k}": v for k, v in state.arrays.items()})
-    arrays.update({f"rotation.{k}": v for k, v in rot_state.arrays.items()})
-    flags = tuple(state.meta.get("flags", ()))
+    timing = {"fit_s": t1 - t0, "encode_s": t2 - t1, "decode_s": t3 - t2}
+    return Fitted(rot_state, state, codes, recon, bits, timing)
+
+
+def calibrate_matrix(x: np.ndarray, name: str, comp: Components) -> TensorResult:
+    """Fit, encode, decode and measure one 2-D float32 matrix."""
+    cand = comp.candidate
+    split = split_rows(x.shape[0], cand.rows, cand.in_sample, name)
+    fitted = fit_reconstruct(x, split.calibration, comp, cand.params, name, tensor_rng(cand.rows.seed, name))
+    t0 = time.perf_counter()
+    metrics = measure_splits(x, fitted.reconstruction, split, comp.measurements, cand.rows.seed, name)
+    arrays = {f"codes.{k}": v for k, v in fitted.codes.arrays.items()}
+    arrays.update({f"state.{k}": v for k, v in fitted.state.arrays.items()})
+    arrays.update({f"rotation.{k}": v for k, v in fitted.rot_state.arrays.items()})
+    flags = tuple(fitted.state.meta.get("flags", ()))
     if split.in_sample:
         flags += ("in_sample",)
     return TensorResult(
         arrays=arrays,
-        reconstruction=recon,
+        reconstruction=fitted.reconstruction,
         split=split,
         metrics=metrics,
-        bits=bits,
-        codec_meta={"state": dict(state.meta), "codes": dict(codes.meta)},
-        rotation_meta=dict(rot_state.meta),
-        timing={"fit_s": t1 - t0, "encode_s": t2 - t1, "decode_s": t3 - t2, "measure_s": t4 - t3},
+        bits=fitted.bits,
+        codec_meta={"state": dict(fitted.state.meta), "codes": dict(fitted.codes.meta)},
+        rotation_meta=dict(fitted.rot_state.meta),
+        timing={**fitted.timing, "measure_s": time.perf_counter() - t0},
         flags=flags,
     )
 

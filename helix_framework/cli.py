@@ -134,6 +134,36 @@ def cmd_decode(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_probe(args: argparse.Namespace) -> int:
+    import attrs
+
+    from helix_framework.config import load_candidate
+    from helix_framework.host import get_host
+    from helix_framework.probe import parse_rows, probe
+
+    host = get_host()
+    candidate = load_candidate(args.config, host)
+    rows = probe(args.model, args.tensor, candidate, parse_rows(args.rows), host=host)
+    if args.json:
+        _print_json([attrs.asdict(r) for r in rows])
+        return EXIT_OK
+    metrics = [m for m in ("rel_l2", "icc_3_1", "icc_3_1_pairs", "icc_1_1_pairs", "cosine_mean") if m in rows[0].all]
+    header = ["calibration rows"] + [f"{m} {where}" for m in metrics for where in ("train", "held-out", "all")]
+    table = []
+    for r in rows:
+        cells: list[Any] = [r.label + (f" (K capped at {r.centroids_capped_at})" if r.centroids_capped_at else "")]
+        for m in metrics:
+            held = r.held_out[m] if r.held_out else None
+            cells += [_fmt(r.training[m]), "-" if held is None else _fmt(held), _fmt(r.all[m])]
+        table.append(cells)
+    print(f"probe of {args.tensor} with {candidate.name}")
+    print(_table(table, header))
+    if any(r.centroids_capped_at for r in rows):
+        print("K capped: fewer calibration rows than centroids, so the centroid count was capped at the row count "
+              "(as the published probe did); every training row can then be its own centroid.")
+    return EXIT_OK
+
+
 # -- helix jit -------------------------------------------------------------
 
 
@@ -195,6 +225,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", metavar="DIR")
     p.add_argument("--out", required=True, metavar="FILE.safetensors")
     p.set_defaults(func=cmd_decode)
+
+    p = sub.add_parser("probe", help="in-sample vs held-out figures as the calibration rows grow")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("--tensor", required=True, metavar="NAME")
+    p.add_argument("--config", required=True, metavar="FILE")
+    p.add_argument("--rows", default="128,256,512,1024,all", metavar="N,N,...,all")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_probe)
 
     p = sub.add_parser("jit", help="the compiled-kernel cache")
     jit_sub = p.add_subparsers(dest="jit_command", metavar="ACTION")

@@ -10,8 +10,10 @@ Class attributes: ``name`` (the config's ``rotation.kind``), ``version``,
 
 Methods:
 
-- ``fit(rows, params, rng) -> RotationState``: learn from calibration rows
-  (a data-free rotation ignores them but may use their width).
+- ``fit(rows, params, rng, codec_params=None) -> RotationState``: learn
+  from calibration rows (a data-free rotation ignores them but may use their
+  width). ``codec_params`` are the candidate codec's params, for rotations
+  that adapt to the codec (OPQ reads the subspaces and centroids).
 - ``apply(state, rows)`` and ``invert(state, rows)``: float32 rows in and out;
   ``invert(apply(x)) == x`` up to float32 rounding, which each rotation's
   tests must show (`helix_framework.testing.check_rotation_invertible`).
@@ -48,7 +50,9 @@ class Rotation:
     def validate(self, params: Any) -> None:
         """Cross-field checks; raise ConfigError(path=...) on a bad value."""
 
-    def fit(self, rows: np.ndarray, params: Any, rng: np.random.Generator) -> RotationState:
+    def fit(
+        self, rows: np.ndarray, params: Any, rng: np.random.Generator, codec_params: Any = None
+    ) -> RotationState:
         raise NotImplementedError
 
     def apply(self, state: RotationState, rows: np.ndarray) -> np.ndarray:

@@ -12,7 +12,8 @@ __all__ = ["IdentityRotation"]
 
 
 class IdentityRotation(Rotation):
-    """``identity``: apply and invert return a float32 copy of the rows.
+    """``identity``: apply and invert return the rows as float32 (no copy
+    when they already are: codecs never modify their input).
 
     Stores no arrays, so it costs no bits per weight.
     """
@@ -20,11 +21,13 @@ class IdentityRotation(Rotation):
     name: ClassVar[str] = "identity"
     version: ClassVar[str] = "1.0.0"
 
-    def fit(self, rows: np.ndarray, params: Any, rng: np.random.Generator) -> RotationState:
+    def fit(
+        self, rows: np.ndarray, params: Any, rng: np.random.Generator, codec_params: Any = None
+    ) -> RotationState:
         return RotationState(meta={"row_dim": int(np.shape(rows)[-1])})
 
     def apply(self, state: RotationState, rows: np.ndarray) -> np.ndarray:
-        return np.array(rows, dtype=np.float32, copy=True)
+        return np.asarray(rows, dtype=np.float32)
 
     def invert(self, state: RotationState, rows: np.ndarray) -> np.ndarray:
-        return np.array(rows, dtype=np.float32, copy=True)
+        return np.asarray(rows, dtype=np.float32)
