@@ -136,11 +136,18 @@ def test_yaml_syntax_errors_and_unsafe_tags(tmp_path, toy_host):
         load_candidate(tmp_path / "missing.yaml", toy_host)
 
 
-def test_shipped_configs_validate(toy_host):
+def test_shipped_configs_validate_and_the_overfit_reproducer_is_refused(toy_host):
     paths = sorted((ROOT / "configs" / "codec").glob("*.yaml"))
-    assert paths
+    names = {p.stem for p in paths}
+    assert {"00_passthrough", "01_pr220_baseline", "02_pr219_overfit_reproducer", "10_wider_codebook",
+            "11_residual_pq", "12_hadamard_rotation", "13_opq_rotation", "20_composite", "21_shared_vq"} <= names
     for path in paths:
-        load_candidate(path, toy_host)
+        if path.stem == "02_pr219_overfit_reproducer":
+            with pytest.raises(CalibrationEqualsMeasurement):
+                load_candidate(path, toy_host)
+        else:
+            c = load_candidate(path, toy_host)
+            assert c.notes.strip() and c.name == path.stem
 
 
 def test_helix_check_exit_codes(tmp_path):
