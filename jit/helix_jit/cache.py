@@ -1,0 +1,217 @@
+"""Kernel signatures and the two-level cache of compiled kernels.
+
+A signature is the SHA-256 of the canonical JSON (sorted keys, no spaces) of
+everything that changes the machine code: kernel name and version, lane
+width, shape constants, llvmlite and LLVM versions, target triple, CPU name
+and features. Never seeds or row counts (those are runtime arguments).
+
+Level 1: a dict in this process, signature -> loaded engine.
+Level 2: one object file per signature under ``$HELIX_JIT_CACHE_DIR``
+(default ``platformdirs.user_cache_dir("helix-jit")``), written atomically
+(temporary file in the same directory, then ``os.replace``) so concurrent
+writers never leave a torn entry. Each file starts with a header holding the
+payload length and its SHA-256, so a truncated or corrupted file is detected,
+discarded with a logged warning and recompiled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import struct
+import tempfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+_MAGIC = b"HELIXJIT1\n"
+_HEADER = struct.Struct("<Q32s")  # payload length, sha256(payload)
+_SUFFIX = ".hjo"
+
+
+def canonical_json(payload: Any) -> str:
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"))
+
+
+def signature_of(payload: Any) -> str:
+    return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
+
+
+def cache_dir() -> Path:
+    """The on-disk cache directory (``$HELIX_JIT_CACHE_DIR`` or the user cache dir)."""
+    env = os.environ.get("HELIX_JIT_CACHE_DIR")
+    if env:
+        return Path(env)
+    import platformdirs  # lazy: only when a kernel touches the disk
+
+    return Path(platformdirs.user_cache_dir("helix-jit"))
+
+
+@dataclass(frozen=True)
+class CacheStats:
+    """Counters of this process, plus the size of the on-disk cache.
+
+    entries/bytes: object files on disk now; hits: lookups served from memory;
+    misses: lookups not in memory; disk_loads: misses served from disk;
+    compiles: misses that ran code generation; compile_ms: total time compiling.
+    """
+
+    entries: int
+    bytes: int
+    hits: int
+    misses: int
+    disk_loads: int
+    compiles: int
+    compile_ms: float
+
+
+@dataclass
+class _Counters:
+    hits: int = 0
+    misses: int = 0
+    disk_loads: int = 0
+    compiles: int = 0
+    compile_ms: float = 0.0
+
+
+@dataclass(frozen=True)
+class KernelUse:
+    """One kernel used inside :func:`record_kernels`.
+
+    source: "compiled", "disk" or "memory" (where the first use inside the
+    block got it from), or "reference" when HELIX_JIT_DISABLE=1.
+    """
+
+    name: str
+    version: str
+    lane_width: str
+    signature: str
+    source: str
+
+
+@dataclass
+class _Recorder:
+    uses: dict[str, KernelUse] = field(default_factory=dict)
+
+    @property
+    def kernels(self) -> list[KernelUse]:
+        return list(self.uses.values())
+
+
+_lock = threading.RLock()
+_memory: dict[str, Any] = {}
+_counters = _Counters()
+_recorders: list[_Recorder] = []
+generation = 0  # bumped by clear_cache so per-kernel fast paths re-look-up
+
+
+def _path(sig: str) -> Path:
+    return cache_dir() / (sig + _SUFFIX)
+
+
+def read_disk(sig: str) -> bytes | None:
+    """The stored object for ``sig``, or None (missing, or bad: then removed)."""
+    p = _path(sig)
+    try:
+        data = p.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        log.warning("helix-jit cache entry %s unreadable (%s); recompiling", p, e)
+        return None
+    head = len(_MAGIC) + _HEADER.size
+    ok = data[: len(_MAGIC)] == _MAGIC and len(data) >= head
+    if ok:
+        length, digest = _HEADER.unpack_from(data, len(_MAGIC))
+        payload = data[head:]
+        ok = len(payload) == length and hashlib.sha256(payload).digest() == digest
+    if not ok:
+        log.warning("helix-jit cache entry %s is truncated or corrupt; discarding and recompiling", p)
+        with contextlib.suppress(OSError):
+            p.unlink()
+        return None
+    return payload
+
+
+def write_disk(sig: str, obj: bytes) -> None:
+    """Store ``obj`` atomically; failures only warn (the cache is an optimisation)."""
+    d = cache_dir()
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-" + sig[:16], dir=d)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(_MAGIC + _HEADER.pack(len(obj), hashlib.sha256(obj).digest()) + obj)
+            os.replace(tmp, d / (sig + _SUFFIX))
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+    except OSError as e:
+        log.warning("helix-jit could not write cache entry in %s: %s", d, e)
+
+
+def cache_stats() -> CacheStats:
+    """Entries and bytes on disk now; hits, misses, loads, compiles of this process."""
+    entries = size = 0
+    d = cache_dir()
+    if d.is_dir():
+        for p in d.glob("*" + _SUFFIX):
+            with contextlib.suppress(OSError):
+                size += p.stat().st_size
+                entries += 1
+    c = _counters
+    return CacheStats(entries, size, c.hits, c.misses, c.disk_loads, c.compiles, round(c.compile_ms, 3))
+
+
+def clear_cache(*, disk: bool = True) -> int:
+    """Forget compiled kernels in memory and (by default) delete the disk entries.
+
+    Callables already handed out keep working (they hold their engine).
+    Returns the number of files removed.
+    """
+    global generation
+    removed = 0
+    with _lock:
+        _memory.clear()
+        generation += 1
+        d = cache_dir()
+        if disk and d.is_dir():
+            for p in list(d.glob("*" + _SUFFIX)) + list(d.glob(".tmp-*")):
+                with contextlib.suppress(OSError):
+                    p.unlink()
+                    removed += 1
+    return removed
+
+
+@contextlib.contextmanager
+def record_kernels() -> Iterator[_Recorder]:
+    """Collect the kernels used inside the block, for calibration manifests.
+
+    >>> with record_kernels() as rec:            # doctest: +SKIP
+    ...     pq_assign(rows, codebooks, "F32x16")
+    >>> [(u.name, u.source) for u in rec.kernels]  # doctest: +SKIP
+    [('pq_assign', 'compiled')]
+    """
+    rec = _Recorder()
+    with _lock:
+        _recorders.append(rec)
+    try:
+        yield rec
+    finally:
+        with _lock:
+            _recorders.remove(rec)
+
+
+def note_use(use: KernelUse) -> None:
+    if _recorders:
+        with _lock:
+            for r in _recorders:
+                r.uses.setdefault(use.signature, use)

@@ -1,0 +1,122 @@
+"""LLVM code generation: target machine, MCJIT engine, O3, function pointers.
+
+This is the only module that imports llvmlite, and it is imported lazily (on
+the first compile or load), so ``import helix_jit`` stays cheap.
+
+llvmlite 0.50 facts this relies on (shared/REFERENCE.md, section 4):
+``binding.initialize()`` raises, so only the native target and asm printer
+are initialised; the legacy pass manager is gone (new pass builder); one
+TargetMachine per MCJIT engine, since the engine takes ownership of it.
+
+``HELIX_JIT_DUMP=ir`` (or ``asm``, or ``ir,asm``) logs the optimised IR or
+the assembly of every kernel compiled, at WARNING level on the
+``helix_jit.codegen`` logger (stderr by default).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import llvmlite
+import llvmlite.binding as llvm
+
+log = logging.getLogger(__name__)
+
+
+@functools.cache
+def _init() -> None:
+    llvm.initialize_native_target()
+    llvm.initialize_native_asmprinter()
+
+
+@functools.cache
+def host() -> dict[str, str]:
+    """What changes the machine code: part of every kernel signature."""
+    _init()
+    return {
+        "llvmlite": llvmlite.__version__,
+        "llvm": ".".join(map(str, llvm.llvm_version_info)),
+        "triple": llvm.get_process_triple(),
+        "cpu": llvm.get_host_cpu_name(),
+        "features": llvm.get_host_cpu_features().flatten(),
+    }
+
+
+def _target_machine() -> Any:
+    # A fresh one per engine: MCJIT owns it and frees it with the engine.
+    h = host()
+    target = llvm.Target.from_triple(h["triple"])
+    return target.create_target_machine(cpu=h["cpu"], features=h["features"], opt=3, jit=True)
+
+
+@functools.cache
+def _empty_ir() -> str:
+    return f'target triple = "{host()["triple"]}"\n'
+
+
+@dataclass
+class Loaded:
+    """A live engine and the addresses of its entry points.
+
+    The engine must stay referenced as long as any address is in use.
+    """
+
+    engine: Any
+    addresses: dict[str, int]
+    obj: bytes
+
+
+def _dump_modes() -> set[str]:
+    return {m.strip().lower() for m in os.environ.get("HELIX_JIT_DUMP", "").split(",") if m.strip()}
+
+
+def compile_ir(ir_text: str, entries: list[str], name: str = "kernel") -> tuple[Loaded, float]:
+    """Parse, verify, optimise (O3) and JIT ``ir_text``; return it and the ms spent."""
+    t0 = time.perf_counter()
+    _init()
+    mod = llvm.parse_assembly(ir_text)
+    mod.verify()
+    tm = _target_machine()
+    mod.triple = host()["triple"]
+    mod.data_layout = str(tm.target_data)
+    pto = llvm.create_pipeline_tuning_options(3)
+    pto.loop_vectorization = True
+    pto.slp_vectorization = True
+    # LLVM's own unroller fully unrolls every constant-trip loop (fwht: 3x the
+    # compile time, no speed gain); the emitters unroll the hot loops themselves.
+    pto.loop_unrolling = False
+    pb = llvm.create_pass_builder(tm, pto)
+    pb.getModulePassManager().run(mod, pb)
+    dump = _dump_modes()
+    if "ir" in dump:
+        log.warning("HELIX_JIT_DUMP ir of %s:\n%s", name, mod)
+    if "asm" in dump:
+        log.warning("HELIX_JIT_DUMP asm of %s:\n%s", name, tm.emit_assembly(mod))
+    captured: dict[str, bytes] = {}
+    engine = llvm.create_mcjit_compiler(mod, tm)
+    # The object cache hands us the object code MCJIT generated, for the disk cache.
+    engine.set_object_cache(lambda _m, buf: captured.__setitem__("obj", bytes(buf)), lambda _m: None)
+    engine.finalize_object()
+    addresses = {e: engine.get_function_address(e) for e in entries}
+    missing = [e for e, a in addresses.items() if not a]
+    if missing:
+        raise RuntimeError(f"{name}: entry points not found in the IR: {missing}")
+    return Loaded(engine, addresses, captured.get("obj", b"")), (time.perf_counter() - t0) * 1e3
+
+
+def load_object(obj: bytes, entries: list[str]) -> Loaded:
+    """Load a cached object file into a new engine, without code generation."""
+    _init()
+    engine = llvm.create_mcjit_compiler(llvm.parse_assembly(_empty_ir()), _target_machine())
+    engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
+    engine.finalize_object()
+    addresses = {e: engine.get_function_address(e) for e in entries}
+    missing = [e for e, a in addresses.items() if not a]
+    if missing:
+        raise RuntimeError(f"cached object lacks entry points {missing}")
+    return Loaded(engine, addresses, obj)

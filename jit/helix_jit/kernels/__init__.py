@@ -1,0 +1,8 @@
+"""Built-in kernels: one module each, an IR emitter plus its numpy reference."""
+
+BUILTIN = {
+    "pq_assign": "helix_jit.kernels.pq_assign",
+    "pq_decode": "helix_jit.kernels.pq_decode",
+    "adc_matvec": "helix_jit.kernels.adc_matvec",
+    "fwht": "helix_jit.kernels.fwht",
+}
