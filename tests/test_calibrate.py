@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from conftest import run_helix
+from helix_test_support import run_helix
 from helix_framework import artifacts
 from helix_framework.calibrate import calibrate, decode, split_rows
 from helix_framework.config import RowsConfig, candidate_from_mapping

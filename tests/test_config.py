@@ -7,7 +7,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import ROOT, run_helix
+from helix_test_support import ROOT, run_helix
 from helix_framework.config import RowsConfig, candidate_from_mapping, kernel_signature, load_candidate, load_yaml
 from helix_framework.errors import CalibrationEqualsMeasurement, ConfigError
 from helix_framework.host import Host

@@ -2,7 +2,7 @@
 
 import re
 
-from conftest import ROOT
+from helix_test_support import ROOT
 from helix_framework import hookspecs
 
 README = (ROOT / "README.md").read_text()

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, run_helix
+from helix_test_support import ROOT, run_helix
 
 EXAMPLE = ROOT / "examples" / "helix-example-plugin"
 
@@ -51,4 +51,4 @@ def test_example_plugin_own_tests_pass(installed):
         capture_output=True, text=True, env=env, cwd=installed, timeout=300,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "1 passed" in proc.stdout
+    assert "2 passed" in proc.stdout

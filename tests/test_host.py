@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from conftest import fake_distribution, run_helix
+from helix_test_support import fake_distribution, run_helix
 from helix_framework.errors import DuplicateNameError, PluginError, UnknownNameError
 from helix_framework.host import Host
 

@@ -1,22 +1,12 @@
+"""Helpers shared by the host tests: paths, fake distributions, the CLI in a subprocess."""
+
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
-
-
-@pytest.fixture
-def host():
-    """A fresh process-wide host, forgotten again after the test."""
-    from helix_framework.host import get_host, reset_host
-
-    reset_host()
-    yield get_host()
-    reset_host()
 
 
 def fake_distribution(site: Path, dist: str, entry_points: dict[str, str], version: str = "0.1") -> None:
@@ -31,7 +21,7 @@ def fake_distribution(site: Path, dist: str, entry_points: dict[str, str], versi
 
 def run_helix(args, *, pythonpath=(), env=None, check=False):
     """Run the helix CLI in a subprocess with extra sys.path entries."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("HELIX_")}
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("HELIX_") or k == "HELIX_JIT_CACHE_DIR"}
     full_env.update(env or {})
     paths = [str(p) for p in pythonpath] + [str(TESTS)]
     full_env["PYTHONPATH"] = os.pathsep.join(paths)
