@@ -168,12 +168,11 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 
 def cmd_jit_stats(args: argparse.Namespace) -> int:
-    import attrs
+    import dataclasses
 
     import helix_jit
 
-    stats = helix_jit.cache_stats()
-    data = attrs.asdict(stats) if attrs.has(type(stats)) else dict(vars(stats))
+    data = dataclasses.asdict(helix_jit.cache_stats())
     if args.json:
         _print_json(data)
     else:
@@ -184,8 +183,7 @@ def cmd_jit_stats(args: argparse.Namespace) -> int:
 def cmd_jit_clear(args: argparse.Namespace) -> int:
     import helix_jit
 
-    removed = helix_jit.clear_cache()
-    print(f"cleared the kernel cache ({removed} entries removed)" if removed is not None else "cleared the kernel cache")
+    print(f"cleared the kernel cache ({helix_jit.clear_cache()} entries removed)")
     return EXIT_OK
 
 
