@@ -32,6 +32,7 @@ from helix_framework.errors import HelixError
 from helix_framework.measurement import MeasureContext
 from helix_framework.rotation import RotationState
 from helix_framework.routing import route_tensor
+from helix_framework.models import resolve_model
 from helix_framework.sources import ModelSource, open_source
 
 log = logging.getLogger(__name__)
@@ -289,6 +290,7 @@ def calibrate(
     tensor_dir = out / artifacts.TENSOR_DIR
     selector = re.compile(tensors) if tensors else None
     started = time.perf_counter()
+    model = resolve_model(model)
     with open_source(model) as source, helix_jit.record_kernels() as recorder:
         infos = source.tensors()
         entries = []
@@ -406,7 +408,7 @@ def _summarize(manifest: dict[str, Any], out_dir: str, seconds: float) -> Calibr
         held["label_in_sample"] = float(label == "in_sample")
     total_bits = float(sum(e["bits"]["total_bits"] for e in coded))
     bits = {
-        "codec_weights": float(weights.sum()),
+        "codec_weights": int(weights.sum()),
         "codec_total_bpw": total_bits / weights.sum() if coded else 0.0,
         "codec_code_bpw": float(sum(e["bits"]["code_bpw"] * w for e, w in zip(coded, weights)) / weights.sum())
         if coded else 0.0,

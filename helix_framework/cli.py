@@ -134,6 +134,26 @@ def cmd_decode(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from helix_framework.artifacts import read_manifest
+
+    summaries = [read_manifest(Path(d))["summary"] for d in args.dirs]
+    keys: list[str] = []
+    for section in ("held_out", "bits"):
+        for s in summaries:
+            keys += [f"{section}.{k}" for k in s[section] if f"{section}.{k}" not in keys and k != "label_in_sample"]
+    rows = []
+    for key in keys:
+        section, name = key.split(".", 1)
+        rows.append([name] + [_fmt(s[section].get(name, "-")) for s in summaries])
+    rows.append(["seconds"] + [f"{s['seconds']:.1f}" for s in summaries])
+    rows.append(["tensors (codec/all)"] + [f"{s['routed'].get('codec', 0)}/{s['tensors']}" for s in summaries])
+    rows.append(["flags"] + [", ".join(f"{k} {v}" for k, v in s["flags"].items()) or "-" for s in summaries])
+    label = "in-sample" if any(s["held_out"].get("label_in_sample") for s in summaries) else "held-out"
+    print(_table(rows, [f"figure ({label} means over codec tensors)", *(s["candidate"] for s in summaries)]))
+    return EXIT_OK
+
+
 def cmd_probe(args: argparse.Namespace) -> int:
     import attrs
 
@@ -208,7 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("calibrate", help="compress every routed tensor of a model and measure it")
-    p.add_argument("model", metavar="MODEL", help=".safetensors file, Hugging Face directory or .gguf file")
+    p.add_argument("model", metavar="MODEL",
+                   help=".safetensors file, Hugging Face directory, .gguf file, or an embedded model: smollm2, minilm")
     p.add_argument("--config", required=True, metavar="FILE", help="candidate YAML")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory (manifest.json + tensors/)")
     p.add_argument("--tensors", metavar="REGEX", help="only compress tensors whose name matches")
@@ -223,6 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dir", metavar="DIR")
     p.add_argument("--out", required=True, metavar="FILE.safetensors")
     p.set_defaults(func=cmd_decode)
+
+    p = sub.add_parser("compare", help="summaries of calibration outputs side by side")
+    p.add_argument("dirs", nargs="+", metavar="DIR")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("probe", help="in-sample vs held-out figures as the calibration rows grow")
     p.add_argument("model", metavar="MODEL")

@@ -21,6 +21,7 @@ from helix_framework.calibrate import RowSplit, fit_reconstruct, measure_splits,
 from helix_framework.config import CandidateConfig
 from helix_framework.errors import ConfigError
 from helix_framework.routing import route_tensor
+from helix_framework.models import resolve_model
 from helix_framework.sources import open_source
 
 
@@ -70,6 +71,7 @@ def _cap_centroids(params: Any, rows: int) -> tuple[Any, int | None]:
 def probe(model: str | Path, tensor: str, candidate: CandidateConfig, rows: list[int | str], host: Any = None) -> list[ProbeRow]:
     """Run the row-count probe on one tensor of ``model``."""
     comp = resolve(candidate, host)
+    model = resolve_model(model)
     with open_source(model) as source:
         info = source.tensor(tensor)
         decision = route_tensor(info.name, info.shape, candidate.routes)

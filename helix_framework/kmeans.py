@@ -1,0 +1,328 @@
+"""Seeded k-means (k-means++ then Lloyd), shared by codecs and rotations.
+
+One call trains the codebooks of one or many subspaces of the same rows at
+once (product quantization): every Lloyd step runs a single
+``helix_jit.pq_assign`` over all subspaces, so ``HELIX_JIT_DISABLE=1``
+switches the hot loop to the numpy reference like every other kernel.
+
+What it guarantees:
+
+- **True centroid count.** ``k_eff = min(k, distinct training vectors)``
+  (the minimum over the subspaces trained together, because one kernel call
+  needs one centroid count). Nothing is ever zero-filled: a codebook with
+  fewer real centroids than asked is returned with fewer rows.
+- **Deterministic for a seed.** All randomness comes from the caller's
+  ``numpy.random.Generator``; sums are accumulated in float64 in a fixed
+  order.
+- **k-means++ initialisation on a subsample.** D^2 sampling costs
+  O(k * n * w); like FAISS, which subsamples its training set to 256 points
+  per centroid, the seeding runs on at most ``init_points_per_centroid * k``
+  points drawn without replacement (Lloyd then uses every point).
+- **Lloyd until converged.** Each subspace stops when the relative change of
+  its inertia falls under ``tol`` (``|prev - cur| <= tol * prev``) or after
+  ``max_iter`` centroid updates; a converged subspace is frozen while the
+  others continue.
+- **Empty clusters are re-seeded from the largest cluster**: a point of the
+  largest cluster (one not sitting on its centroid, chosen with the rng)
+  becomes the empty centroid and leaves that cluster, which is then
+  recomputed, as FAISS splits its largest cluster.
+- **Training assignments in float64 (F64x8 lane width) by default.** The
+  float64 distances make the jitted kernel and its numpy reference agree on
+  every assignment but exact ties, so a JIT run and a ``HELIX_JIT_DISABLE=1``
+  run train the same codebooks (a float32 near-tie flipped during training
+  would move two centroids and change everything after it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import attrs
+import numpy as np
+import scipy.sparse as sp
+
+import helix_jit
+from helix_jit.lanes import LaneWidth
+
+__all__ = ["KMeansResult", "distinct_count", "kmeans", "kmeans_subspaces", "FAISS_MIN_POINTS_PER_CENTROID"]
+
+#: FAISS warns below this many training points per centroid.
+FAISS_MIN_POINTS_PER_CENTROID = 39
+
+
+@attrs.frozen
+class KMeansResult:
+    """Trained codebooks of one or more subspaces.
+
+    ``centroids``: one float32 [k_eff, w_m] array per subspace;
+    ``inertia``: final sum of squared distances per subspace (float64);
+    ``iterations``: centroid updates done per subspace; ``converged``: per
+    subspace, whether the tolerance was met before ``max_iter``;
+    ``reseeded``: empty clusters re-seeded, over all subspaces and steps.
+    """
+
+    centroids: tuple[np.ndarray, ...] = attrs.field(repr=False)
+    k_requested: int
+    k_eff: int
+    inertia: tuple[float, ...]
+    iterations: tuple[int, ...]
+    converged: tuple[bool, ...]
+    reseeded: int = 0
+
+    @property
+    def codebook(self) -> np.ndarray:
+        """The codebook of a single-subspace run."""
+        if len(self.centroids) != 1:
+            raise ValueError(f"{len(self.centroids)} subspaces; use .centroids")
+        return self.centroids[0]
+
+
+def distinct_count(x: np.ndarray, limit: int | None = None) -> int:
+    """Number of distinct rows of ``x`` (by value: -0.0 equals 0.0).
+
+    With ``limit``, counting may stop once ``limit`` distinct rows are seen
+    (the result is then ``limit``): growing prefixes are checked first, so
+    data without many duplicates costs one small sort.
+    """
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n = x.shape[0]
+    if n == 0:
+        return 0
+    size = n if limit is None else min(n, max(2 * limit, 1024))
+    while True:
+        part = x[:size] + np.float32(0.0)  # -0.0 + 0.0 == +0.0: compare values, not bits
+        keys = np.ascontiguousarray(part).view(np.dtype((np.void, 4 * x.shape[1]))).ravel()
+        count = int(np.unique(keys).size)
+        if limit is not None and count >= limit:
+            return int(limit)
+        if size == n:
+            return count
+        size = min(n, size * 4)
+
+
+def kmeans(
+    x: np.ndarray,
+    k: int,
+    rng: np.random.Generator,
+    *,
+    max_iter: int = 25,
+    tol: float = 1e-4,
+    init: np.ndarray | None = None,
+    lane_width: LaneWidth | str = LaneWidth.F64x8,
+    init_points_per_centroid: int = 256,
+) -> KMeansResult:
+    """k-means of the rows of ``x`` (float32 [n, w]) into at most ``k`` centroids.
+
+    ``init``: starting centroids [k_eff, w] (hot start) instead of k-means++.
+    Returns a `KMeansResult`; ``result.codebook`` is float32 [k_eff, w].
+    """
+    x = np.asarray(x)
+    if x.ndim != 2:
+        raise ValueError(f"kmeans: expected 2-D rows [n, w]; got shape {x.shape}")
+    return kmeans_subspaces(
+        x,
+        (x.shape[1],),
+        k,
+        rng,
+        max_iter=max_iter,
+        tol=tol,
+        init=None if init is None else [init],
+        lane_width=lane_width,
+        init_points_per_centroid=init_points_per_centroid,
+    )
+
+
+def kmeans_subspaces(
+    x: np.ndarray,
+    widths: Sequence[int],
+    k: int,
+    rng: np.random.Generator,
+    *,
+    max_iter: int = 25,
+    tol: float = 1e-4,
+    init: Sequence[np.ndarray] | None = None,
+    lane_width: LaneWidth | str = LaneWidth.F64x8,
+    init_points_per_centroid: int = 256,
+) -> KMeansResult:
+    """Independent k-means of each column block of ``x`` (float32 [n, d]).
+
+    ``widths``: the subspace widths, summing to d (uneven allowed). All
+    subspaces get the same ``k_eff`` (see the module docstring) and share the
+    Lloyd loop, one ``pq_assign`` call per step.
+    """
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    widths = tuple(int(w) for w in widths)
+    if x.ndim != 2 or sum(widths) != x.shape[1] or min(widths, default=0) < 1:
+        raise ValueError(f"kmeans: widths {widths} do not split rows of shape {x.shape}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError("kmeans: training rows contain NaN or infinite values")
+    if int(k) < 1:
+        raise ValueError(f"kmeans: k must be >= 1, got {k}")
+    if max_iter < 0 or tol < 0:
+        raise ValueError("kmeans: max_iter and tol must be >= 0")
+    n = x.shape[0]
+    if n == 0:
+        raise ValueError("kmeans: no training rows")
+    offsets = np.concatenate([[0], np.cumsum(widths)]).astype(np.intp)
+    cols = [slice(int(offsets[m]), int(offsets[m + 1])) for m in range(len(widths))]
+    if init is not None:
+        cents = [np.array(c, dtype=np.float32, copy=True) for c in init]
+        k_eff = cents[0].shape[0] if cents else 0
+        if len(cents) != len(widths) or any(c.shape != (k_eff, w) for c, w in zip(cents, widths)) or k_eff < 1:
+            raise ValueError(f"kmeans: init must be {len(widths)} arrays [k, w_m] for widths {widths}")
+    else:
+        k_eff = min(int(k), min(distinct_count(x[:, c], limit=int(k)) for c in cols))
+        cents = _kmeans_pp(x, cols, offsets, k_eff, rng, init_points_per_centroid)
+    return _lloyd(x, cols, cents, int(k), k_eff, rng, max_iter, float(tol), LaneWidth.parse(lane_width))
+
+
+# -- k-means++ -------------------------------------------------------------------
+
+
+def _kmeans_pp(
+    x: np.ndarray, cols: list[slice], offsets: np.ndarray, k: int, rng: np.random.Generator, per_centroid: int
+) -> list[np.ndarray]:
+    """D^2 seeding of every subspace at once, on a subsample of the rows.
+
+    Distances to each new centroid come from one small product per step,
+    ||x||^2 + ||c||^2 - 2 x.c with a block-diagonal [M, d] matrix of the new
+    centroids (float32 product, float64 sums), so a step costs one pass over
+    the subsample for all subspaces. Points within rounding of the new centroid get their exact
+    distance, so duplicates of a chosen point really have D = 0 and are
+    never drawn again.
+    """
+    n, M, d = x.shape[0], len(cols), x.shape[1]
+    n_init = min(n, max(1, int(per_centroid)) * k)
+    idx = np.sort(rng.choice(n, size=n_init, replace=False)) if n_init < n else np.arange(n)
+    xs = np.ascontiguousarray(x[idx])
+    starts = offsets[:-1]
+    xn2 = np.add.reduceat(xs.astype(np.float64) ** 2, starts, axis=1).T.copy()  # [M, n_init]
+    cents = [np.empty((k, c.stop - c.start), np.float32) for c in cols]
+    d2 = np.full((M, n_init), np.inf)
+    block = np.zeros((M, d), np.float32)
+    for j in range(k):
+        if j == 0:
+            pick = rng.integers(0, n_init, size=M)
+        else:
+            cum = np.cumsum(d2, axis=1)
+            u = rng.random(M) * cum[:, -1]
+            pick = np.array(
+                [min(int(np.searchsorted(cum[m], u[m], side="right")), n_init - 1) if cum[m, -1] > 0 else -1
+                 for m in range(M)],
+                dtype=np.intp,
+            )
+        for m, sl in enumerate(cols):
+            if pick[m] >= 0:
+                cents[m][j] = xs[pick[m], sl]
+            else:
+                # The subsample has run out of distinct points (heavy duplicates):
+                # take the first point of the full set, in a seeded order, that
+                # differs from every centroid so far. One exists since k <= distinct.
+                cents[m][j] = _unseen_point(x[:, sl], cents[m][:j], rng)
+            block[m, sl] = cents[m][j]
+        if j + 1 < k:
+            c = block.sum(axis=0, dtype=np.float64)
+            cn2 = np.add.reduceat(c * c, starts)[:, None]
+            d_new = xn2 + cn2 - 2.0 * (xs @ block.T).T.astype(np.float64)  # float32 product: one pass
+            # rounding of the expansion: recompute points near the new centroid exactly
+            near = np.flatnonzero((d_new <= 1e-5 * (xn2 + cn2)).any(axis=0))
+            if near.size:
+                d_new[:, near] = np.add.reduceat((xs[near].astype(np.float64) - c) ** 2, starts, axis=1).T
+            np.maximum(d_new, 0.0, out=d_new)
+            np.minimum(d2, d_new, out=d2)
+    return cents
+
+
+def _unseen_point(xm: np.ndarray, have: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    order = rng.permutation(xm.shape[0])
+    for i in order:
+        if not np.any(np.all(have == xm[i], axis=1)):
+            return xm[i].astype(np.float64)
+    raise AssertionError("kmeans: fewer distinct points than centroids")  # k <= distinct makes this unreachable
+
+
+# -- Lloyd -------------------------------------------------------------------------
+
+
+def _lloyd(
+    x: np.ndarray,
+    cols: list[slice],
+    cents: list[np.ndarray],
+    k_req: int,
+    k: int,
+    rng: np.random.Generator,
+    max_iter: int,
+    tol: float,
+    lw: LaneWidth,
+) -> KMeansResult:
+    n, M = x.shape[0], len(cols)
+    active = np.ones(M, dtype=bool)
+    converged = np.zeros(M, dtype=bool)
+    iters = np.zeros(M, dtype=np.int64)
+    prev = np.full(M, np.nan)
+    final = np.zeros(M)
+    reseeded = 0
+    for it in range(max_iter + 1):
+        codes, dist = helix_jit.pq_assign(x, cents, lw, return_distances=True)
+        inertia = dist.sum(axis=0, dtype=np.float64)
+        for m in np.flatnonzero(active):
+            cur = inertia[m]
+            if it > 0 and abs(prev[m] - cur) <= tol * prev[m]:
+                converged[m] = True
+            if converged[m] or it == max_iter or cur == 0.0:
+                converged[m] |= cur == 0.0
+                active[m] = False
+                final[m] = cur
+                continue
+            prev[m] = cur
+            cents[m], r = _update(x[:, cols[m]], codes[:, m], k, cents[m], rng)
+            reseeded += r
+            iters[m] += 1
+        if not active.any():
+            break
+    return KMeansResult(
+        centroids=tuple(np.ascontiguousarray(c, dtype=np.float32) for c in cents),
+        k_requested=k_req,
+        k_eff=k,
+        inertia=tuple(float(v) for v in final),
+        iterations=tuple(int(v) for v in iters),
+        converged=tuple(bool(v) for v in converged),
+        reseeded=reseeded,
+    )
+
+
+def _update(
+    xm: np.ndarray, labels: np.ndarray, k: int, old: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, int]:
+    """New centroids = cluster means (float64 sums); empty clusters re-seeded."""
+    n = xm.shape[0]
+    lab = labels.astype(np.intp)
+    onehot = sp.csr_matrix((np.ones(n), (lab, np.arange(n))), shape=(k, n))
+    sums = np.asarray(onehot @ xm.astype(np.float64))
+    counts = np.bincount(lab, minlength=k).astype(np.float64)
+    empty = np.flatnonzero(counts == 0)
+    new = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], old.astype(np.float64))
+    if empty.size:
+        members = {}
+        for e in empty:
+            # Largest clusters first (ties: lowest index); take a point that is
+            # not on its centroid, so the split really separates points.
+            for big in np.argsort(-counts, kind="stable"):
+                if counts[big] < 2:
+                    break
+                if big not in members:
+                    members[big] = np.flatnonzero(lab == big)
+                mem = members[big]
+                off = np.flatnonzero(np.any(xm[mem] != new[big].astype(np.float32), axis=1))
+                if off.size == 0:
+                    continue
+                i = mem[off[rng.integers(0, off.size)]]
+                p = xm[i].astype(np.float64)
+                new[e] = p
+                sums[big] -= p
+                counts[big] -= 1
+                counts[e] = 1
+                members[big] = mem[mem != i]
+                new[big] = sums[big] / counts[big]
+                break
+    return new.astype(np.float32), int(empty.size)
