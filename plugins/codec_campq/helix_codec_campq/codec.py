@@ -1,23 +1,300 @@
-"""The campq codec. Its algorithm lands with the calibration issue; until
-then every use raises NotImplementedInThisVersion (never a fake result)."""
+"""The campq codec: product quantization of weight rows with residual stages.
+
+Each row of a [n_rows, row_dim] matrix is cut into M subspaces (uneven
+widths allowed, no column dropped); each sub-vector is replaced by the index
+of its nearest centroid. Residual stages quantize what the stages before
+them left over; decode sums the coded centroids of every stage.
+
+Training (``fit``, calibration rows only) is `helix_framework.kmeans`:
+seeded k-means++ then Lloyd to a tolerance, empty clusters re-seeded from
+the largest one. Encode and decode run the ``helix_jit`` kernels
+(``pq_assign``, ``pq_decode``) at ``params.lane_width``, so
+``HELIX_JIT_DISABLE=1`` switches them to their numpy references.
+
+The mistakes of the system this comes from (REFERENCE.md section 1) are
+refused here: fewer than 39 training vectors per centroid raises
+`CentroidStarved` unless ``allow_starved`` (then the tensor is flagged
+``starved``); a codebook with fewer distinct training vectors than K holds
+only the real centroids (``k_eff`` in the state meta), never zero-filled
+ones; a row width that does not divide keeps every column.
+
+State arrays (safetensors ``state.*``): ``stage{s}.codebook`` float32,
+[k_eff_s, row_dim] for per-subspace codebooks (subspace m's codebook is its
+column block) or [k_eff_s, w] for a shared one. With ``BF16x32`` the stored
+values are already bfloat16-rounded (what the kernels use), and cost 16 bits
+each. Codes arrays (``codes.*``): ``stage{s}`` [n_rows, M] uint8 (k_eff <=
+256) or uint16, and ``row_scale`` float16 [n_rows] with ``row_scale``.
+"""
 
 from __future__ import annotations
 
+import math
+from typing import Any, ClassVar
+
+import numpy as np
+
+import helix_jit
 from helix_codec_campq import __version__
 from helix_codec_campq.params import CampqParams
-from helix_framework.codec import Codec
-from helix_framework.errors import NotImplementedInThisVersion
+from helix_framework.codec import BitsAccount, Codec, CodecState, Codes
+from helix_framework.errors import CentroidStarved, ConfigError
+from helix_framework.kmeans import FAISS_MIN_POINTS_PER_CENTROID, kmeans, kmeans_subspaces
+from helix_jit.lanes import LaneWidth
+
+__all__ = ["CampqCodec", "subspace_widths"]
+
+_F16_MAX = float(np.finfo(np.float16).max)
+
+
+def subspace_widths(params: CampqParams, row_dim: int) -> tuple[int, ...]:
+    """The subspace widths of a row of ``row_dim`` weights under ``params``.
+
+    ``subspaces``: ``helix_jit.split_widths`` (the first ``row_dim % M``
+    subspaces one column wider). ``subspace_dim``: full subspaces of that
+    width and, when it does not divide, one narrower last subspace. A shared
+    codebook needs equal widths: anything else is a `ConfigError` naming the
+    param to change.
+    """
+    d = int(row_dim)
+    if params.subspaces is not None:
+        M = int(params.subspaces)
+        if M > d:
+            raise ConfigError(
+                f"{M} subspaces for rows of {d} weights: at most {d} (one weight per subspace)",
+                path="$.params.subspaces",
+            )
+        widths = tuple(helix_jit.split_widths(d, M))
+        if params.codebook == "shared" and len(set(widths)) > 1:
+            raise ConfigError(
+                f"codebook: shared needs equal subspace widths, but {d} weights do not split into {M} "
+                f"equal subspaces (widths {sorted(set(widths))}); choose subspaces dividing {d} "
+                f"or use subspace_dim",
+                path="$.params.subspaces",
+            )
+        return widths
+    w = int(params.subspace_dim)
+    if w > d:
+        raise ConfigError(f"subspace_dim {w} exceeds the row width {d}", path="$.params.subspace_dim")
+    full, rest = divmod(d, w)
+    if rest and params.codebook == "shared":
+        raise ConfigError(
+            f"codebook: shared needs equal subspace widths, but subspace_dim {w} does not divide the row "
+            f"width {d} (remainder {rest}); choose a subspace_dim dividing {d}",
+            path="$.params.subspace_dim",
+        )
+    return (w,) * full + ((rest,) if rest else ())
+
+
+def _round_bf16(a: np.ndarray) -> np.ndarray:
+    """float32 values rounded to the nearest bfloat16 (ties to even), as float32."""
+    b = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
+    r = (b + (np.uint32(0x7FFF) + ((b >> np.uint32(16)) & np.uint32(1)))) & np.uint32(0xFFFF0000)
+    return r.view(np.float32)
+
+
+def _rows_f32(rows: np.ndarray, what: str) -> np.ndarray:
+    arr = np.asarray(rows)
+    if arr.ndim != 2:
+        raise ValueError(f"campq {what}: expected 2-D rows [n_rows, row_dim]; got shape {arr.shape}")
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"campq {what}: rows contain NaN or infinite values")
+    return arr
+
+
+def _row_scales(x: np.ndarray) -> np.ndarray:
+    """float16 RMS of each row (saturating at the float16 maximum)."""
+    rms = np.sqrt(np.mean(np.square(x, dtype=np.float64), axis=1))
+    return np.minimum(rms, _F16_MAX).astype(np.float16)
+
+
+def _normalize(x: np.ndarray, s16: np.ndarray) -> np.ndarray:
+    # Divide by the float16 scale actually stored, so decode (times that
+    # scale) is consistent. A row whose scale rounds to 0 in float16 (RMS
+    # under ~3e-8) is coded as zeros: it decodes to zero.
+    s = s16.astype(np.float32)[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.where(s > 0, x / s, np.float32(0))
+    return np.ascontiguousarray(out, dtype=np.float32)
 
 
 class CampqCodec(Codec):
-    name = "campq"
-    version = __version__
-    Params = CampqParams
+    """``campq``: product quantization of weight rows with residual stages.
+
+    See the module docstring for the algorithm and the stored arrays.
+    Bits: code bits = n_rows x sum over stages of M x ceil(log2(k_eff));
+    overhead = codebook elements x (16 for BF16x32, else 32) + 16 per row
+    with ``row_scale``.
+    """
+
+    name: ClassVar[str] = "campq"
+    version: ClassVar[str] = __version__
+    Params: ClassVar[type] = CampqParams
 
     def validate(self, params: CampqParams) -> None:
         params.check()
 
-    def _missing(self, *_args, **_kwargs):
-        raise NotImplementedInThisVersion("codec", self.name, "helix-codec-campq", self.version)
+    # -- fit -------------------------------------------------------------------
 
-    fit = encode = decode = bits = _missing
+    def fit(self, rows: np.ndarray, params: CampqParams, rng: np.random.Generator) -> CodecState:
+        params.check()
+        x = _rows_f32(rows, "fit")
+        n, d = x.shape
+        if n == 0:
+            raise ValueError("campq fit: no calibration rows")
+        widths = subspace_widths(params, d)
+        M = len(widths)
+        shared = params.codebook == "shared"
+        lw = LaneWidth.parse(params.lane_width)
+        flags: list[str] = []
+        ks = [int(params.centroids)] + [int(params.residual.centroids)] * int(params.residual.depth)
+        n_vec = n * M if shared else n
+        for s, K in enumerate(ks):
+            if n_vec < FAISS_MIN_POINTS_PER_CENTROID * K:
+                if not params.allow_starved:
+                    raise CentroidStarved(self._starved_message(s, K, n, n_vec, M, shared))
+                if "starved" not in flags:
+                    flags.append("starved")
+        scales = _row_scales(x) if params.row_scale else None
+        xn = _normalize(x, scales) if scales is not None else x
+        arrays: dict[str, np.ndarray] = {}
+        stage_meta: list[dict[str, Any]] = []
+        codebooks: list[list[np.ndarray]] = []
+        codes: list[np.ndarray] = []
+        target = xn
+        for s, K in enumerate(ks):
+            if s > 0:
+                # residual of the calibration rows after the stages so far, as
+                # decode will produce it at this lane width
+                target = xn - helix_jit.pq_decode(codes, codebooks, lw)
+            if shared:
+                res = kmeans(target.reshape(n * M, widths[0]), K, rng, max_iter=params.max_iter, tol=params.tol)
+            else:
+                res = kmeans_subspaces(target, widths, K, rng, max_iter=params.max_iter, tol=params.tol)
+            cbs = [_round_bf16(c) if lw is LaneWidth.BF16x32 else c for c in res.centroids]
+            stage_cbs = [cbs[0]] * M if shared else cbs
+            codebooks.append(stage_cbs)
+            arrays[f"stage{s}.codebook"] = np.ascontiguousarray(cbs[0] if shared else np.concatenate(cbs, axis=1))
+            stage_meta.append(
+                {
+                    "centroids": K,
+                    "k_eff": int(res.k_eff),
+                    "training_vectors": int(n_vec),
+                    "vectors_per_centroid": round(n_vec / res.k_eff, 3),
+                    "iterations": list(res.iterations),
+                    "converged": all(res.converged),
+                    "reseeded": int(res.reseeded),
+                    "inertia": float(sum(res.inertia)),
+                }
+            )
+            if s + 1 < len(ks):
+                codes.append(self._assign(target, stage_cbs, widths, shared, self._train_lane(lw)))
+        meta = {
+            "row_dim": int(d),
+            "widths": list(widths),
+            "subspaces": M,
+            "codebook": params.codebook,
+            "row_scale": bool(params.row_scale),
+            "lane_width": lw.value,
+            "calibration_rows": int(n),
+            "stages": stage_meta,
+            "flags": flags,
+        }
+        return CodecState(arrays=arrays, meta=meta)
+
+    @staticmethod
+    def _train_lane(lw: LaneWidth) -> LaneWidth:
+        """Lane width of the training-time assignments that build residual targets.
+
+        Float64 distances for the float lane widths (the stored codebooks hold
+        the values those widths use), so a JIT run and a reference run agree on
+        the residuals the next stage trains on; U8x64 is exact integer math
+        already and its uint8 grid changes which centroid wins, so it is kept.
+        """
+        return LaneWidth.U8x64 if lw is LaneWidth.U8x64 else LaneWidth.F64x8
+
+    @staticmethod
+    def _starved_message(s: int, K: int, n: int, n_vec: int, M: int, shared: bool) -> str:
+        stage = "base stage" if s == 0 else f"residual stage {s}"
+        what = (f"{n} calibration rows x {M} subspaces = {n_vec} sub-vectors (shared codebook)" if shared
+                else f"{n} calibration rows (one training vector per row and subspace)")
+        need = FAISS_MIN_POINTS_PER_CENTROID * K
+        fits = n_vec // FAISS_MIN_POINTS_PER_CENTROID
+        return (
+            f"campq {stage}: {what} for {K} centroids is {n_vec / K:.1f} per centroid, below the "
+            f"{FAISS_MIN_POINTS_PER_CENTROID} FAISS requires (at least {need} training vectors): the codebook "
+            f"would memorise the calibration rows. Fix: more calibration rows (rows.calibration), at most "
+            f"{fits} centroids ({'params.centroids' if s == 0 else 'params.residual.centroids'}), "
+            f"codebook: shared with a small subspace_dim, or allow_starved: true to run anyway "
+            f"(the tensor is flagged 'starved')"
+        )
+
+    # -- encode / decode --------------------------------------------------------
+
+    @staticmethod
+    def _assign(target: np.ndarray, cbs: list[np.ndarray], widths: tuple[int, ...], shared: bool, lw: LaneWidth) -> np.ndarray:
+        n, M = target.shape[0], len(widths)
+        if shared:
+            # one codebook for every subspace: assign the n x M sub-vectors in one call
+            flat = np.ascontiguousarray(target).reshape(n * M, widths[0])
+            return helix_jit.pq_assign(flat, [cbs[0]], lw).reshape(n, M)
+        return helix_jit.pq_assign(np.ascontiguousarray(target), cbs, lw)
+
+    @staticmethod
+    def _stage_codebooks(state: CodecState) -> list[list[np.ndarray]]:
+        meta = state.meta
+        widths = list(meta["widths"])
+        out = []
+        for s in range(len(meta["stages"])):
+            cb = np.asarray(state.arrays[f"stage{s}.codebook"], dtype=np.float32)
+            if meta["codebook"] == "shared":
+                out.append([cb] * len(widths))
+            else:
+                bounds = np.cumsum([0] + widths)
+                out.append([np.ascontiguousarray(cb[:, bounds[m]:bounds[m + 1]]) for m in range(len(widths))])
+        return out
+
+    def encode(self, state: CodecState, rows: np.ndarray) -> Codes:
+        meta = state.meta
+        x = _rows_f32(rows, "encode")
+        n, d = x.shape
+        if d != meta["row_dim"]:
+            raise ValueError(f"campq state was fitted on rows of width {meta['row_dim']}; got width {d}")
+        lw = LaneWidth(meta["lane_width"])
+        widths = tuple(meta["widths"])
+        shared = meta["codebook"] == "shared"
+        arrays: dict[str, np.ndarray] = {}
+        if meta["row_scale"]:
+            s16 = _row_scales(x)
+            arrays["row_scale"] = s16
+            x = _normalize(x, s16)
+        cbs = self._stage_codebooks(state)
+        codes: list[np.ndarray] = []
+        target = x
+        for s in range(len(cbs)):
+            if s > 0:
+                target = x - helix_jit.pq_decode(codes, cbs[:s], lw)
+            codes.append(self._assign(target, cbs[s], widths, shared, lw))
+            arrays[f"stage{s}"] = codes[-1]
+        return Codes(arrays=arrays)
+
+    def decode(self, state: CodecState, codes: Codes) -> np.ndarray:
+        meta = state.meta
+        cbs = self._stage_codebooks(state)
+        stage_codes = [np.asarray(codes.arrays[f"stage{s}"]) for s in range(len(cbs))]
+        out = helix_jit.pq_decode(stage_codes, cbs, LaneWidth(meta["lane_width"]))
+        if meta["row_scale"]:
+            out *= np.asarray(codes.arrays["row_scale"]).astype(np.float32)[:, None]
+        return out
+
+    # -- bits -------------------------------------------------------------------
+
+    def bits(self, state: CodecState, n_rows: int, row_dim: int) -> BitsAccount:
+        meta = state.meta
+        n_rows, row_dim = int(n_rows), int(row_dim)
+        M = int(meta["subspaces"])
+        code_bits = n_rows * sum(M * math.ceil(math.log2(st["k_eff"])) for st in meta["stages"])
+        per_elem = 16 if meta["lane_width"] == LaneWidth.BF16x32.value else 32
+        elements = sum(int(a.size) for key, a in state.arrays.items() if key.endswith(".codebook"))
+        overhead = elements * per_elem + (16 * n_rows if meta["row_scale"] else 0)
+        return BitsAccount(n_weights=n_rows * row_dim, code_bits=code_bits, overhead_bits=overhead)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from helix_codec_campq.params import CampqParams, Residual
-from helix_framework.errors import ConfigError, NotImplementedInThisVersion
+from helix_framework.errors import CentroidStarved, ConfigError
 from helix_framework.host import Host
 from helix_framework.testing import check_params_round_trip
 from helix_jit.lanes import ALL_LANE_WIDTHS
@@ -23,7 +23,12 @@ def test_params_schema():
         CampqParams().check()
 
 
-def test_use_is_refused_until_implemented():
+def test_use_through_the_host_fits_real_codes():
+    # The registered codec is the real algorithm (no NotImplementedInThisVersion stub left).
     codec = Host().codec("campq")
-    with pytest.raises(NotImplementedInThisVersion, match="campq.*not implemented in this version"):
-        codec.fit(np.zeros((4, 4), np.float32), CampqParams(subspaces=2), np.random.default_rng(0))
+    rows = np.random.default_rng(0).standard_normal((160, 8)).astype(np.float32)
+    state = codec.fit(rows, CampqParams(subspaces=2, centroids=4), np.random.default_rng(0))
+    codes = codec.encode(state, rows)
+    assert codes.arrays["stage0"].shape == (160, 2)
+    with pytest.raises(CentroidStarved):
+        codec.fit(rows[:40], CampqParams(subspaces=2, centroids=4), np.random.default_rng(0))

@@ -1,8 +1,6 @@
 import numpy as np
-import pytest
 
 from helix_codec_hadamard.rotation import HadamardParams
-from helix_framework.errors import NotImplementedInThisVersion
 from helix_framework.host import Host
 from helix_framework.testing import check_params_round_trip
 
@@ -13,7 +11,9 @@ def test_registered_through_its_entry_point():
     check_params_round_trip(HadamardParams(seed=7))
 
 
-def test_use_is_refused_until_implemented():
+def test_use_through_the_host_rotates():
     rotation = Host().rotation("hadamard")
-    with pytest.raises(NotImplementedInThisVersion, match="not implemented in this version"):
-        rotation.fit(np.zeros((4, 4), np.float32), HadamardParams(), np.random.default_rng(0))
+    x = np.eye(4, dtype=np.float32)
+    state = rotation.fit(x, HadamardParams(), np.random.default_rng(0))
+    y = rotation.apply(state, x)
+    assert np.allclose(np.abs(y), 0.5)  # a Hadamard matrix of order 4, normalised
