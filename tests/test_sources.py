@@ -581,10 +581,20 @@ def test_real_smollm2_gguf(smollm):
 
 
 @pytest.mark.slow
-def test_real_smollm2_dequantize_matches_gguf(smollm):
+def test_real_smollm2_header_and_dequantize_match_gguf_reader(smollm):
+    """Our fast header parser against the gguf package's own reader."""
     import gguf
 
-    t = next(t for t in smollm.reader.tensors if t.name == "blk.3.ffn_gate.weight")
-    expected = gguf.quants.dequantize(t.data, t.tensor_type)
-    assert expected.shape == (1536, 576)
-    assert same_bits(smollm.read("blk.3.ffn_gate.weight"), expected.astype(np.float32))
+    reader = gguf.GGUFReader(smollm.path, "r")
+    assert [(t.name, t.tensor_type.name, tuple(int(d) for d in reversed(t.shape.tolist()))) for t in reader.tensors] == [
+        (i.name, i.dtype, i.shape) for i in smollm.tensors()
+    ]
+    for key in ("llama.block_count", "llama.rope.freq_base", "tokenizer.ggml.model", "tokenizer.ggml.eos_token_id"):
+        assert smollm.metadata[key] == reader.fields[key].contents()
+    assert smollm.metadata["tokenizer.ggml.tokens"] == reader.fields["tokenizer.ggml.tokens"].contents()
+    assert smollm.metadata["tokenizer.ggml.merges"] == reader.fields["tokenizer.ggml.merges"].contents()
+    for name in ("blk.3.ffn_gate.weight", "token_embd.weight", "output_norm.weight"):
+        t = next(t for t in reader.tensors if t.name == name)
+        expected = gguf.quants.dequantize(t.data, t.tensor_type).reshape(smollm.tensor(name).shape)
+        assert same_bits(smollm.read(name), expected.astype(np.float32))
+        assert np.array_equal(smollm.read_raw(name).data, np.asarray(t.data).reshape(-1).view(np.uint8))

@@ -201,13 +201,13 @@ def tokenizer_from_gguf(source: GGUFSource) -> Tokenizer:
     tk = _tokenizers()
     from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers, processors
 
-    fields = source.reader.fields
+    fields = source.metadata
     meta = source.config
 
     def array(key: str) -> list[Any]:
         if key not in fields:
             raise ReferenceModelError(f"{source.path}: GGUF has no {key}; cannot build its tokenizer")
-        return list(fields[key].contents())
+        return list(fields[key])
 
     kind = meta.get("tokenizer.ggml.model")
     if kind != "gpt2":

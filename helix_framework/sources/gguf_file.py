@@ -1,4 +1,5 @@
-"""A ``.gguf`` file, read with the ``gguf`` package (memory-mapped).
+"""A ``.gguf`` file (memory-mapped; header by `gguf_header`, dequantization
+by the ``gguf`` package).
 
 GGUF stores dimensions reversed (``ne0`` first, the contiguous one); this
 reader presents shapes rows-first like safetensors, so a linear layer is
@@ -6,8 +7,8 @@ reader presents shapes rows-first like safetensors, so a linear layer is
 `gguf.quants.dequantize`, in row chunks so the temporaries stay small.
 ``source_bits_per_weight`` is the type's true cost (type size x 8 / block
 size: Q4_1 = 5.0, Q8_0 = 8.5). ``config`` is the metadata as a JSON-safe
-dict, without the large tokenizer arrays (the reader is kept as ``reader``
-for code that needs them).
+dict, without the large tokenizer arrays (the full metadata is kept as
+``metadata`` for code that needs them, e.g. the tokenizer).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 
 from helix_framework.errors import SourceError
 from helix_framework.sources.base import ModelSource, RawTensor, TensorInfo
+from helix_framework.sources.gguf_header import GGUFFormatError, read_header
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +35,7 @@ DROPPED_KEYS = frozenset(
 #: Elements dequantized per chunk (bounds the dequantizer's temporaries).
 CHUNK_ELEMENTS = 1 << 20
 _INTEGER_TYPES = ("I8", "I16", "I32", "I64")
+_FLOAT_VIEWS = {"F32": "<f4", "F16": "<f2", "F64": "<f8"}
 
 
 def _json_safe(value: Any) -> Any:
@@ -41,13 +44,6 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, list):
         return [_json_safe(v) for v in value]
     return value
-
-
-def _field_value(field: Any) -> Any:
-    try:
-        return _json_safe(field.contents())
-    except UnicodeDecodeError:
-        return bytes(field.parts[-1]).decode("utf-8", "replace")
 
 
 class GGUFSource(ModelSource):
@@ -63,64 +59,67 @@ class GGUFSource(ModelSource):
             raise SourceError(f"reading GGUF needs the 'gguf' package ({exc}); pip install gguf", path=str(path)) from None
         self._gguf = gguf
         try:
-            self.reader = gguf.GGUFReader(self.path, "r")
-        except Exception as exc:  # the reader raises ValueError, struct errors, IndexError...
-            raise SourceError(f"corrupt or unsupported GGUF file: {type(exc).__name__}: {exc}", path=str(self.path)) from None
-        size = self.reader.data.shape[0]
+            self._mapped = np.memmap(self.path, dtype=np.uint8, mode="r")
+            header = read_header(self.path, self._mapped)
+        except (GGUFFormatError, ValueError, OSError) as exc:
+            raise SourceError(f"corrupt or unsupported GGUF file: {exc}", path=str(self.path)) from None
+        size = self._mapped.shape[0]
+        self.metadata = header.metadata
         config: dict[str, Any] = {}
-        for key, field in self.reader.fields.items():
-            if key.startswith("GGUF."):
+        for key, value in header.metadata.items():
+            if key in DROPPED_KEYS or (isinstance(value, list) and len(value) > MAX_CONFIG_ARRAY):
+                logger.debug("%s: metadata %s left out of config", self.path.name, key)
                 continue
-            if key in DROPPED_KEYS or (len(field.types) > 1 and len(field.data) > MAX_CONFIG_ARRAY):
-                logger.debug("%s: metadata %s (%d items) left out of config", self.path.name, key, len(field.data))
-                continue
-            config[key] = _field_value(field)
+            config[key] = _json_safe(value)
         self.config = config
         arch = config.get("general.architecture")
         self.architecture = arch if isinstance(arch, str) and arch else None
-        self._tensors: dict[str, Any] = {}
-        for t in self.reader.tensors:
-            qtype = t.tensor_type
+        self._tensors: dict[str, tuple[Any, np.ndarray]] = {}
+        for t in header.tensors:
+            try:
+                qtype = gguf.GGMLQuantizationType(t.ggml_type)
+            except ValueError:
+                raise SourceError(f"unknown GGUF tensor type {t.ggml_type}", path=str(self.path), tensor=t.name) from None
             block, type_size = gguf.GGML_QUANT_SIZES[qtype]
-            shape = tuple(int(d) for d in reversed(t.shape.tolist()))
-            if t.data_offset + int(t.n_bytes) > size:
+            shape = tuple(int(d) for d in reversed(t.dims))
+            n_bytes = math.prod(t.dims) // block * type_size
+            start = header.data_start + t.offset
+            if start + n_bytes > size:
                 raise SourceError(
-                    f"truncated GGUF file: tensor data ends at byte {t.data_offset + int(t.n_bytes)}, file has {size}",
+                    f"truncated GGUF file: tensor data ends at byte {start + n_bytes}, file has {size}",
                     path=str(self.path),
                     tensor=t.name,
                 )
-            self._tensors[t.name] = t
+            self._tensors[t.name] = (qtype, self._mapped[start : start + n_bytes])
             self._infos[t.name] = TensorInfo(
                 name=t.name,
                 dtype=qtype.name,
                 shape=shape,
                 source_bits_per_weight=type_size * 8 / block,
                 file=str(self.path),
-                nbytes=int(t.n_bytes),
+                nbytes=int(n_bytes),
             )
         logger.info("opened GGUF %s: %s, %d tensors", self.path, self.architecture, len(self._infos))
 
     def read(self, name: str) -> np.ndarray:
         """See `ModelSource.read`; quantized types are dequantized to float32."""
         info = self.tensor(name)
-        t = self._tensors[name]
+        qtype, raw = self._tensors[name]
         dtype = info.dtype
         if dtype in ("F32", "F16", "F64"):
-            return np.asarray(t.data).astype(np.float32).reshape(info.shape)
+            return raw.view(_FLOAT_VIEWS[dtype]).astype(np.float32).reshape(info.shape)
         if dtype in _INTEGER_TYPES:
             raise SourceError(
                 f"dtype {dtype} cannot be read as float32 (it is an integer tensor); route it to passthrough",
                 path=str(self.path),
                 tensor=name,
             )
-        qtype = t.tensor_type
         out = np.empty(info.shape, dtype=np.float32)
         if out.size == 0:
             return out
-        data = np.asarray(t.data)
-        row_bytes = data.shape[-1]
         cols = info.shape[-1] if info.shape else 1
-        data2 = data.reshape(-1, row_bytes)
+        block, type_size = self._gguf.GGML_QUANT_SIZES[qtype]
+        data2 = np.asarray(raw).reshape(-1, cols // block * type_size)
         out2 = out.reshape(-1, cols)
         step = max(1, CHUNK_ELEMENTS // max(cols, 1))
         try:
@@ -137,11 +136,9 @@ class GGUFSource(ModelSource):
     def read_raw(self, name: str) -> RawTensor:
         """See `ModelSource.read_raw`: GGUF block bytes for quantized types."""
         info = self.tensor(name)
-        t = self._tensors[name]
-        raw = np.asarray(self.reader.data[t.data_offset : t.data_offset + info.nbytes])
-        return RawTensor(info.dtype, info.shape, raw)
+        return RawTensor(info.dtype, info.shape, np.asarray(self._tensors[name][1]))
 
     def close(self) -> None:
-        """Drop the reader and its memory map."""
+        """Drop the memory map."""
         self._tensors = {}
-        self.reader = None
+        self._mapped = None
