@@ -24,6 +24,7 @@ import attrs
 import numpy as np
 
 import helix_jit
+from threadpoolctl import threadpool_limits
 
 from helix_framework import artifacts
 from helix_framework.codec import CodecState, Codes
@@ -291,7 +292,10 @@ def calibrate(
     selector = re.compile(tensors) if tensors else None
     started = time.perf_counter()
     model = resolve_model(model)
-    with open_source(model) as source, helix_jit.record_kernels() as recorder:
+    # One BLAS thread: per-tensor products are small, and on a 2-core machine
+    # two OpenBLAS threads made them several times slower whenever the other
+    # core was busy; the JIT kernels split rows over threads themselves.
+    with open_source(model) as source, helix_jit.record_kernels() as recorder, threadpool_limits(1, "blas"):
         infos = source.tensors()
         entries = []
         for info in _progress(infos, progress, "calibrating"):

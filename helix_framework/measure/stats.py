@@ -325,15 +325,19 @@ def pair_cosines(x: np.ndarray, pairs: np.ndarray) -> np.ndarray:
 
     Zero rows follow `row_cosines`: two zero rows 1.0, one zero row 0.0.
     """
-    a = _as_float64(x, "rows")
-    if a.ndim != 2:
-        raise MeasurementError(f"pair cosines need 2-D rows; got shape {a.shape}")
+    x = np.asarray(x)
+    if x.ndim != 2:
+        raise MeasurementError(f"pair cosines need 2-D rows; got shape {x.shape}")
     p = np.asarray(pairs)
     if p.ndim != 2 or p.shape[1] != 2 or not np.issubdtype(p.dtype, np.integer):
         raise MeasurementError(f"pairs must be an integer array [n_pairs, 2]; got {p.dtype} {p.shape}")
-    if p.size and (p.min() < 0 or p.max() >= a.shape[0]):
-        raise MeasurementError(f"pair index out of range for {a.shape[0]} rows")
-    return _cosines(a[p[:, 0]], a[p[:, 1]])
+    if p.size and (p.min() < 0 or p.max() >= x.shape[0]):
+        raise MeasurementError(f"pair index out of range for {x.shape[0]} rows")
+    # convert only the rows the pairs touch, not the whole matrix
+    used, inverse = np.unique(p, return_inverse=True)
+    a = _as_float64(x[used], "rows")
+    inverse = inverse.reshape(p.shape)
+    return _cosines(a[inverse[:, 0]], a[inverse[:, 1]])
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
