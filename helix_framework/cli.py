@@ -207,6 +207,69 @@ def cmd_jit_clear(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- helix compress / needle ------------------------------------------------
+
+
+def _default_compressor(host: Any) -> str:
+    return "headroom" if "headroom" in host.names("compressor") else "truncate"
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    import time
+
+    from helix_framework.errors import HelixError
+    from helix_framework.host import get_host
+
+    try:
+        text = Path(args.file).read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise HelixError(f"{args.file}: cannot read: {exc.strerror or exc}") from None
+    host = get_host()
+    name = args.compressor or _default_compressor(host)
+    compressor = host.compressor(name)
+    target = len(text) // 2 if args.target_chars is None else args.target_chars
+    if target < 0:
+        raise HelixError(f"--target-chars must be >= 0; got {target}")
+    t0 = time.perf_counter()
+    try:
+        result = compressor.compress(text, target, content_type=args.content_type)
+    except ValueError as exc:
+        raise HelixError(f"compressor {name!r}: {exc}") from None
+    ms = (time.perf_counter() - t0) * 1e3
+    if args.json:
+        _print_json({"path": result.path, "ratio": result.ratio, "fallback": result.fell_back,
+                     "reason": result.reason, "milliseconds": ms, "compressor": name, "file": args.file,
+                     "input_chars": len(text), "output_chars": len(result.text), "target_chars": target,
+                     "text": result.text})
+    else:
+        sys.stdout.write(result.text if result.text.endswith("\n") or not result.text else result.text + "\n")
+        fell = f"; fell back: {result.reason}" if result.fell_back else ""
+        print(f"helix: {name} via {result.path}: {len(text)} -> {len(result.text)} chars "
+              f"(ratio {result.ratio:.4f}) in {ms:.1f} ms{fell}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_needle(args: argparse.Namespace) -> int:
+    from helix_framework.host import get_host
+    from helix_framework.needle import build_corpus, format_table, load_reader, run_benchmark
+
+    reader = load_reader() if args.answer else None
+    host = get_host()
+    names = args.compressor or (["truncate", "headroom"] if "headroom" in host.names("compressor") else ["truncate"])
+    compressors = {n: host.compressor(n) for n in dict.fromkeys(names)}
+    corpus = build_corpus(seed=args.seed)
+    rows = run_benchmark(corpus, compressors, args.ratio or [0.5, 0.25], reader=reader)
+    if args.json:
+        _print_json({"corpus": corpus.summary(), "rows": [r.as_json() for r in rows]})
+    else:
+        s = corpus.summary()
+        kinds = ", ".join(f"{t} {v['needles']} in {v['docs']} docs" for t, v in s["by_type"].items())
+        print(f"corpus seed {s['seed']} sha256 {s['sha256'][:16]} (python {s['python']}): "
+              f"{s['needles']} needles ({kinds})")
+        print(format_table(rows))
+    return EXIT_OK
+
+
 # -- parser and main -------------------------------------------------------
 
 
@@ -265,6 +328,23 @@ def build_parser() -> argparse.ArgumentParser:
     q = jit_sub.add_parser("clear", help="remove every cached kernel")
     q.set_defaults(func=cmd_jit_clear)
     p.set_defaults(func=lambda a: _usage(p))
+
+    p = sub.add_parser("compress", help="compress a text file with a context compressor")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--compressor", metavar="NAME", help="registered compressor (default: headroom if installed, else truncate)")
+    p.add_argument("--target-chars", type=int, metavar="N", help="at most N characters out (default: half the input)")
+    p.add_argument("--content-type", choices=["diff", "patch", "log", "code", "json", "prose"], metavar="T",
+                   help="diff, patch, log, code, json or prose (default: detected)")
+    p.add_argument("--json", action="store_true", help="print JSON with the text, ratio, path, fallback, milliseconds")
+    p.set_defaults(func=cmd_compress)
+
+    p = sub.add_parser("needle", help="needle benchmark: do compressed contexts keep their key=value facts?")
+    p.add_argument("--compressor", action="append", metavar="NAME", help="repeatable (default: truncate and headroom)")
+    p.add_argument("--ratio", action="append", type=float, metavar="R", help="target ratio, repeatable (default: 0.5 and 0.25)")
+    p.add_argument("--seed", type=int, default=0, help="corpus seed (default 0)")
+    p.add_argument("--answer", action="store_true", help="also let SmolLM2 answer from the compressed context")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_needle)
     return parser
 
 

@@ -1,3 +1,3 @@
 """helix-compressor-headroom: a bridge to headroom-ai's text compressors."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -1,6 +1,3 @@
-import pytest
-
-from helix_framework.errors import NotImplementedInThisVersion
 from helix_framework.host import Host
 
 
@@ -9,6 +6,6 @@ def test_registered_through_its_entry_point():
     assert (reg.source, reg.distribution) == ("entry point", "helix-compressor-headroom")
 
 
-def test_use_is_refused_until_implemented():
-    with pytest.raises(NotImplementedInThisVersion, match="not implemented in this version"):
-        Host().compressor("headroom").compress("some text", 4)
+def test_registered_instance_compresses():
+    result = Host().compressor("headroom").compress("some text", 4, content_type="prose")
+    assert len(result.text) <= 4 and result.path
