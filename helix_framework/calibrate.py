@@ -330,36 +330,56 @@ def _plugin_json(reg: Any) -> dict[str, Any]:
             "distribution_version": reg.version}
 
 
-def _calibrate_one(source: ModelSource, info: Any, comp: Components, tensor_dir: Path, selector: Any) -> dict[str, Any]:
+@attrs.frozen
+class Routed:
+    """A source tensor's final route, and its rows when a codec gets it."""
+
+    route: str
+    reason: str
+    rule: str
+    reshape: tuple[int, int] | None
+    rows: np.ndarray | None = attrs.field(repr=False, eq=False)
+
+
+def route_and_read(source: ModelSource, info: Any, candidate: CandidateConfig, selector: Any = None) -> Routed:
+    """Route one tensor and, for the codec route, read it as 2-D float32 rows.
+
+    Tensors a codec cannot take after all (unreadable dtype, one row, NaN or
+    infinity) are turned into skips with the reason, never dropped.
+    """
     name, shape = info.name, tuple(info.shape)
-    decision = route_tensor(name, shape, comp.candidate.routes)
+    decision = route_tensor(name, shape, candidate.routes)
     route, reason, reshape = decision.route, decision.reason, decision.reshape
     if selector is not None and not selector.search(name) and route == "codec":
         route, reason = "passthrough", "not selected by --tensors; kept as is"
+    x = None
+    if route == "codec":
+        try:
+            x = source.read(name).reshape(reshape or shape)
+        except HelixError as exc:
+            route, reason, x = "passthrough", f"cannot be read as float: {exc}; kept as is", None
+        else:
+            if x.shape[0] < 2 and not candidate.in_sample:
+                route, reason, x = "skip", f"{x.shape[0]} row(s): no row can be held out; kept as is", None
+            elif not np.isfinite(x).all():
+                bad = int((~np.isfinite(x)).sum())
+                route, reason, x = "skip", f"contains {bad} NaN or infinite value(s); kept as is", None
+    return Routed(route, reason, decision.rule, reshape, x)
+
+
+def _calibrate_one(source: ModelSource, info: Any, comp: Components, tensor_dir: Path, selector: Any) -> dict[str, Any]:
+    name, shape = info.name, tuple(info.shape)
+    routed = route_and_read(source, info, comp.candidate, selector)
+    route, reshape, x = routed.route, routed.reshape, routed.rows
     entry: dict[str, Any] = {
         "name": name,
         "dtype": info.dtype,
         "shape": list(shape),
         "source_bits_per_weight": info.source_bits_per_weight,
         "route": route,
-        "reason": reason,
-        "rule": decision.rule,
+        "reason": routed.reason,
+        "rule": routed.rule,
     }
-    x = None
-    if route == "codec":
-        try:
-            x = source.read(name)
-        except HelixError as exc:
-            route, reason = "passthrough", f"cannot be read as float: {exc}; kept as is"
-        else:
-            rows_shape = reshape or shape
-            x = x.reshape(rows_shape)
-            if x.shape[0] < 2 and not comp.candidate.in_sample:
-                route, reason = "skip", f"{x.shape[0]} row(s): no row can be held out; kept as is"
-            elif not np.isfinite(x).all():
-                bad = int((~np.isfinite(x)).sum())
-                route, reason = "skip", f"contains {bad} NaN or infinite value(s); kept as is"
-    entry["route"], entry["reason"] = route, reason
     stem = artifacts.sanitize(name)
     if route != "codec":
         raw = source.read_raw(name)

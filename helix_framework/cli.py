@@ -154,6 +154,54 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_agree(args: argparse.Namespace) -> int:
+    from helix_framework.agree import agree, weights_from_artifacts, weights_from_config
+    from helix_framework.config import load_candidate
+    from helix_framework.host import get_host
+    from helix_framework.models import resolve_model
+    from helix_framework.sources import open_source
+
+    host = get_host()
+    source = open_source(resolve_model(args.model))
+    if args.artifacts:
+        weights, name = weights_from_artifacts(args.artifacts, source, host), str(args.artifacts)
+    else:
+        candidate = load_candidate(args.config, host)
+        weights, name = weights_from_config(source, candidate, host), candidate.name
+    report = agree(args.model, weights=weights, candidate_name=name, prompts_dir=args.prompts,
+                   positions=args.positions, window=args.window, source=source)
+    data = report.to_json()
+    if args.json:
+        _print_json(data)
+    else:
+        print_agreement(data)
+    return EXIT_OK if data["certified"] else EXIT_FAIL
+
+
+def print_agreement(data: dict[str, Any]) -> None:
+    if data.get("kind") == "encoder":
+        rows = [("sentences", data["sentences"]), ("embedding cosine mean", _fmt(data["cosine_mean"])),
+                ("embedding cosine min", _fmt(data["cosine_min"]))]
+    else:
+        lo1, hi1 = data["intervals"]["top1"]
+        lo5, hi5 = data["intervals"]["top5"]
+        kl = data["kl"]
+        rows = [
+            ("positions", data["positions"]),
+            ("top-1 agreement", f"{data['top1']:.4f}  [{lo1:.4f}, {hi1:.4f}]"),
+            ("top-5 agreement", f"{data['top5']:.4f}  [{lo5:.4f}, {hi5:.4f}]"),
+            ("KL mean", f"{kl['mean']:.5f} +- {kl['stderr']:.5f}" if kl["stderr"] is not None else f"{kl['mean']:.5f}"),
+            ("KL median / p99 / max", f"{kl['median']:.5f} / {kl['p99']:.5f} / {kl['max']:.5f}"),
+            ("RMS delta p", f"{data['rms_dp']:.5f}"),
+            ("perplexity reference / candidate", f"{data['perplexity']['reference']:.3f} / {data['perplexity']['candidate']:.3f}"),
+            ("divergence positions", len(data["divergence_positions"])),
+            ("hidden-state rel. error, last layer", f"{data['per_layer'][-1]:.5f}"),
+        ]
+    print(f"token agreement of {data['candidate']} on {data['model']}")
+    print(_table(rows, ("figure", "value")))
+    print(data["verdict"])
+
+
 def cmd_probe(args: argparse.Namespace) -> int:
     import attrs
 
@@ -311,6 +359,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="summaries of calibration outputs side by side")
     p.add_argument("dirs", nargs="+", metavar="DIR")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("agree", help="token agreement of a compressed model against the original")
+    p.add_argument("model", metavar="MODEL")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--artifacts", metavar="DIR", help="a calibration output of MODEL")
+    which.add_argument("--config", metavar="FILE", help="a candidate, calibrated in memory")
+    p.add_argument("--prompts", metavar="DIR", help="directory of *.txt prompts (default: the built-in set)")
+    p.add_argument("--positions", type=int, default=2000, metavar="N", help="teacher-forced positions (default 2000)")
+    p.add_argument("--window", type=int, default=512, metavar="T", help="tokens per independent window (default 512)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_agree)
 
     p = sub.add_parser("probe", help="in-sample vs held-out figures as the calibration rows grow")
     p.add_argument("model", metavar="MODEL")

@@ -320,5 +320,7 @@ def adc_error_bound(
         rounding = rounding + 2.0**-23 * (mag + storage + step)  # y = s * sum + bias in float32
     per_row = np.broadcast_to(step + storage + rounding, (n, b)).copy()
     if row_scale is not None:
-        per_row *= np.abs(np.asarray(row_scale, np.float64))[:, None] * (1 + 2.0**-23)
+        rs = np.abs(np.asarray(row_scale, np.float64))[:, None]
+        # the scaled product is rounded to float32 once more: another unit roundoff of |y|
+        per_row = per_row * rs * (1 + 2.0**-23) + 2.0**-24 * rs * (mag + storage + step)
     return per_row[:, 0] if vec else per_row

@@ -1,0 +1,260 @@
+"""Token agreement of a compressed model against its uncompressed reference.
+
+The candidate is the reference architecture with every codec-routed matrix
+replaced by its reconstruction, built either from calibration artifacts
+(`weights_from_artifacts`) or by calibrating in memory from a candidate
+config (`weights_from_config`). Both models read the same token stream
+(teacher forcing, independent windows of ``window`` tokens); the figures are
+those of `helix_framework.measure.agreement`.
+
+The reference's logits and hidden states for a (model, prompt set,
+positions, window) are computed once and cached on disk under
+``$HELIX_CACHE_DIR/reference`` (default: the user cache directory), keyed by
+the SHA-256 of the source files and the prompt texts.
+
+Encoders (BERT/MiniLM) have no next-token distribution; for them the gate is
+the cosine between original and compressed sentence embeddings (mean >= 0.99,
+minimum reported).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import attrs
+import numpy as np
+
+from helix_framework import artifacts
+from helix_framework.calibrate import fit_reconstruct, reconstruct, resolve, route_and_read, split_rows, tensor_rng
+from helix_framework.config import CandidateConfig, canonical_json
+from helix_framework.errors import HelixError
+from helix_framework.measure.agreement import MIN_POSITIONS, AgreementAccumulator
+from helix_framework.prompts import Prompt, load_prompts
+from helix_framework.sources import ModelSource
+
+log = logging.getLogger(__name__)
+
+EMBEDDING_GATE = 0.99
+MIN_SENTENCES = 100
+CACHE_VERSION = 1
+
+
+class AgreementError(HelixError):
+    """Token agreement cannot be run on this input."""
+
+
+def cache_root() -> Path:
+    env = os.environ.get("HELIX_CACHE_DIR")
+    if env:
+        return Path(env)
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("helix-framework"))
+
+
+# -- candidate weights ---------------------------------------------------------
+
+
+def weights_from_artifacts(directory: str | Path, source: ModelSource, host: Any) -> dict[str, np.ndarray]:
+    """Reconstructed matrices of a calibration output, in the source's shapes."""
+    directory = Path(directory)
+    manifest = artifacts.read_manifest(directory)
+    if manifest["source"]["files"] != source.file_hashes():
+        raise AgreementError(
+            f"{directory}: the artifacts were calibrated from a different model "
+            f"({manifest['source']['path']}); pass that model"
+        )
+    problems = artifacts.verify(directory)
+    if problems:
+        raise AgreementError(f"{directory}: artifacts do not match the manifest: {problems[0]}")
+    return {
+        e["name"]: reconstruct(e, directory, host, manifest)
+        for e in manifest["tensors"]
+        if e["route"] == "codec"
+    }
+
+
+def weights_from_config(source: ModelSource, candidate: CandidateConfig, host: Any,
+                        tensors: str | None = None) -> dict[str, np.ndarray]:
+    """Fit every routed matrix in memory (on its calibration rows, exactly as
+    `helix calibrate` does) and keep the reconstructions."""
+    comp = resolve(candidate, host)
+    selector = re.compile(tensors) if tensors else None
+    seed = candidate.rows.seed
+    out = {}
+    for info in source.tensors():
+        routed = route_and_read(source, info, candidate, selector)
+        if routed.route == "codec":
+            split = split_rows(routed.rows.shape[0], candidate.rows, candidate.in_sample, info.name)
+            fitted = fit_reconstruct(routed.rows, split.calibration, comp, candidate.params, info.name,
+                                     tensor_rng(seed, info.name))
+            out[info.name] = fitted.reconstruction.reshape(info.shape)
+    return out
+
+
+# -- the token stream ----------------------------------------------------------
+
+
+@attrs.frozen
+class Window:
+    prompt: str
+    ids: np.ndarray = attrs.field(repr=False, eq=False)
+    next_ids: np.ndarray = attrs.field(repr=False, eq=False)  # -1 where the prompt ends
+
+
+def token_windows(tokenizer: Any, prompts: list[Prompt], positions: int, window: int) -> list[Window]:
+    """Cut the tokenized prompts into windows until ``positions`` are covered."""
+    out, total = [], 0
+    for prompt in prompts:
+        ids = np.asarray(tokenizer.encode(prompt.text), dtype=np.int64)
+        nxt = np.append(ids[1:], -1)
+        for start in range(0, ids.size, window):
+            take = min(window, ids.size - start, positions - total)
+            if take <= 1:
+                break
+            out.append(Window(prompt.name, ids[start : start + take], nxt[start : start + take]))
+            total += take
+        if total >= positions:
+            break
+    return out
+
+
+# -- the reference cache -------------------------------------------------------
+
+
+def _cache_key(source: ModelSource, prompts: list[Prompt], positions: int, window: int) -> str:
+    payload = {"v": CACHE_VERSION, "files": source.file_hashes(), "prompts": [p.sha256 for p in prompts],
+               "positions": positions, "window": window}
+    return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
+
+
+def reference_outputs(model: Any, source: ModelSource, windows: list[Window], key: str) -> tuple[np.ndarray, np.ndarray]:
+    """Reference logits [N, vocab] and hidden states [layers+1, N, hidden], cached on disk."""
+    directory = cache_root() / "reference" / key
+    logits_path, hidden_path = directory / "logits.npy", directory / "hidden.npy"
+    if logits_path.is_file() and hidden_path.is_file():
+        try:
+            return np.load(logits_path, mmap_mode="r"), np.load(hidden_path, mmap_mode="r")
+        except (ValueError, OSError) as exc:
+            log.warning("reference cache %s unreadable (%s); recomputing", directory, exc)
+    logits, hidden = [], []
+    for w in windows:
+        lg, hd = model.forward(w.ids, return_hidden=True)
+        logits.append(lg)
+        hidden.append(np.stack(hd))
+    all_logits = np.concatenate(logits)
+    all_hidden = np.concatenate(hidden, axis=1)
+    directory.mkdir(parents=True, exist_ok=True)
+    for path, array in ((logits_path, all_logits), (hidden_path, all_hidden)):
+        tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
+        np.save(tmp, array)
+        os.replace(tmp, path)
+    (directory / "meta.json").write_text(json.dumps({"source": str(source.path), "windows": len(windows)}))
+    return all_logits, all_hidden
+
+
+# -- agreement -----------------------------------------------------------------
+
+
+@attrs.frozen
+class AgreeReport:
+    """The figures plus what they were measured on."""
+
+    result: dict[str, Any]
+    model: str
+    candidate: str
+    engine: str
+    prompts: list[dict[str, Any]]
+    window: int
+    seconds: dict[str, float]
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.result, "model": self.model, "candidate": self.candidate, "engine": self.engine,
+                "prompts": self.prompts, "window": self.window, "seconds": self.seconds}
+
+
+def agree(
+    model_path: str | Path,
+    *,
+    weights: dict[str, np.ndarray],
+    candidate_name: str,
+    prompts_dir: str | Path | None = None,
+    positions: int = MIN_POSITIONS,
+    window: int = 512,
+    source: ModelSource | None = None,
+) -> AgreeReport:
+    """Compare the reference model with the same model carrying ``weights``."""
+    from helix_framework.models import resolve_model
+    from helix_framework.reference import DecoderModel, load_model, load_tokenizer
+    from helix_framework.sources import open_source
+
+    t0 = time.perf_counter()
+    source = source or open_source(resolve_model(model_path))
+    prompts = load_prompts(prompts_dir)
+    reference = load_model(source)
+    candidate = load_model(source, weights=weights)
+    tokenizer = load_tokenizer(source)
+    t1 = time.perf_counter()
+    if not isinstance(reference, DecoderModel):
+        result = _embedding_agreement(reference, candidate, tokenizer, prompts)
+        return AgreeReport(result, str(model_path), candidate_name, "dense", [p.to_json() for p in prompts], 0,
+                           {"load": t1 - t0, "run": time.perf_counter() - t1})
+    windows = token_windows(tokenizer, prompts, positions, window)
+    ref_logits, ref_hidden = reference_outputs(reference, source, windows, _cache_key(source, prompts, positions, window))
+    t2 = time.perf_counter()
+    acc = AgreementAccumulator()
+    err = np.zeros(ref_hidden.shape[0])
+    norm = np.zeros(ref_hidden.shape[0])
+    offset = 0
+    for w in windows:
+        logits, hidden = candidate.forward(w.ids, return_hidden=True)
+        span = slice(offset, offset + w.ids.size)
+        acc.add(np.asarray(ref_logits[span]), logits, w.next_ids, np.arange(span.start, span.stop))
+        ref_h = np.asarray(ref_hidden[:, span], dtype=np.float64)
+        err += ((np.stack(hidden).astype(np.float64) - ref_h) ** 2).sum(axis=(1, 2))
+        norm += (ref_h**2).sum(axis=(1, 2))
+        offset += w.ids.size
+    result = acc.result().to_json()
+    result["per_layer"] = [float(np.sqrt(e / n)) if n > 0 else 0.0 for e, n in zip(err, norm)]
+    used = sorted({w.prompt for w in windows})
+    return AgreeReport(
+        result, str(model_path), candidate_name, "dense",
+        [p.to_json() for p in prompts if p.name in used], window,
+        {"load": t1 - t0, "reference": t2 - t1, "candidate": time.perf_counter() - t2},
+    )
+
+
+def _sentences(prompts: list[Prompt]) -> Iterator[str]:
+    for p in prompts:
+        if p.kind in ("prose", "dialogue", "user"):
+            for s in re.split(r"(?<=[.!?])\s+", p.text):
+                s = " ".join(s.split())
+                if 20 <= len(s) <= 400:
+                    yield s
+
+
+def _embedding_agreement(reference: Any, candidate: Any, tokenizer: Any, prompts: list[Prompt]) -> dict[str, Any]:
+    cos = []
+    for sentence in _sentences(prompts):
+        ids = tokenizer.encode(sentence)
+        a, b = reference.sentence_embedding(ids), candidate.sentence_embedding(ids)
+        cos.append(float(np.dot(a, b) / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12)))
+    if not cos:
+        raise AgreementError("the prompt set has no sentences to embed")
+    c = np.array(cos)
+    n = c.size
+    if n < MIN_SENTENCES:
+        certified, verdict = False, f"insufficient evidence: {n} sentences, the gate needs at least {MIN_SENTENCES}"
+    elif c.mean() >= EMBEDDING_GATE:
+        certified, verdict = True, f"certified: mean embedding cosine {c.mean():.4f} >= {EMBEDDING_GATE}"
+    else:
+        certified, verdict = False, f"not certified: mean embedding cosine {c.mean():.4f} (gate {EMBEDDING_GATE})"
+    return {"kind": "encoder", "sentences": n, "cosine_mean": float(c.mean()), "cosine_min": float(c.min()),
+            "certified": certified, "verdict": verdict}
