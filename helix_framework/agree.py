@@ -110,16 +110,15 @@ class Window:
 
 
 def token_windows(tokenizer: Any, prompts: list[Prompt], positions: int, window: int) -> list[Window]:
-    """Cut the tokenized prompts into windows until ``positions`` are covered."""
+    """The first ``window`` tokens of each prompt in turn, until ``positions``
+    are covered (one window per prompt keeps every kind of text in the set)."""
     out, total = [], 0
     for prompt in prompts:
         ids = np.asarray(tokenizer.encode(prompt.text), dtype=np.int64)
-        nxt = np.append(ids[1:], -1)
-        for start in range(0, ids.size, window):
-            take = min(window, ids.size - start, positions - total)
-            if take <= 1:
-                break
-            out.append(Window(prompt.name, ids[start : start + take], nxt[start : start + take]))
+        take = min(window, ids.size, positions - total)
+        if take > 1:
+            nxt = np.append(ids[1:], -1)
+            out.append(Window(prompt.name, ids[:take], nxt[:take]))
             total += take
         if total >= positions:
             break

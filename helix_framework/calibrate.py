@@ -270,6 +270,7 @@ class CalibrationSummary:
     seconds: float
     flags: dict[str, int]
     kernels: dict[str, int]
+    token_agreement: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return attrs.asdict(self)
@@ -322,7 +323,36 @@ def calibrate(
     manifest["summary"] = summary.to_json()
     artifacts.write_json_atomic(out / artifacts.MANIFEST, manifest)
     artifacts.remove_unreferenced(out, manifest)
+    if "token_agreement" in candidate.measure:
+        summary = _add_token_agreement(model, out, manifest, host, started)
     return summary
+
+
+def _add_token_agreement(model: Path, out: Path, manifest: dict[str, Any], host: Any, started: float) -> CalibrationSummary:
+    """Run token agreement on the artifacts just written and record it in
+    the manifest (rewritten atomically: the tensors are already verified)."""
+    from helix_framework.agree import agree, weights_from_artifacts
+    from helix_framework.host import get_host
+    from helix_framework.sources import open_source
+
+    host = host or get_host()
+    with open_source(model) as source:
+        report = agree(model, weights=weights_from_artifacts(out, source, host),
+                       candidate_name=manifest["config"]["name"], source=source)
+    manifest["token_agreement"] = report.to_json()
+    summary = attrs.evolve(_summarize(manifest, str(out), time.perf_counter() - started),
+                           token_agreement=_agreement_headline(report.to_json()))
+    manifest["summary"] = summary.to_json()
+    artifacts.write_json_atomic(out / artifacts.MANIFEST, manifest)
+    return summary
+
+
+def _agreement_headline(data: dict[str, Any]) -> dict[str, Any]:
+    keys = ("positions", "top1", "top5", "certified", "verdict", "sentences", "cosine_mean", "cosine_min")
+    out = {k: data[k] for k in keys if k in data}
+    if "kl" in data:
+        out["kl_mean"] = data["kl"]["mean"]
+    return out
 
 
 def _plugin_json(reg: Any) -> dict[str, Any]:

@@ -93,7 +93,12 @@ def print_summary(summary: dict[str, Any]) -> None:
     rows += [("seconds", f"{summary['seconds']:.1f}")]
     rows += [(f"flag {k}", v) for k, v in summary["flags"].items()]
     rows += [(f"kernels {k}", v) for k, v in summary["kernels"].items()]
+    agreement = summary.get("token_agreement")
+    if agreement:
+        rows += [(f"token agreement {k}", _fmt(v)) for k, v in agreement.items() if k != "verdict"]
     print(_table(rows, (f"figure ({label} rows)", "value")))
+    if agreement:
+        print(agreement["verdict"])
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
@@ -149,6 +154,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     rows.append(["seconds"] + [f"{s['seconds']:.1f}" for s in summaries])
     rows.append(["tensors (codec/all)"] + [f"{s['routed'].get('codec', 0)}/{s['tensors']}" for s in summaries])
     rows.append(["flags"] + [", ".join(f"{k} {v}" for k, v in s["flags"].items()) or "-" for s in summaries])
+    if any(s.get("token_agreement") for s in summaries):
+        for key in ("positions", "top1", "top5", "kl_mean", "verdict"):
+            rows.append([f"token agreement {key}"] + [_fmt((s.get("token_agreement") or {}).get(key, "-")) for s in summaries])
     label = "in-sample" if any(s["held_out"].get("label_in_sample") for s in summaries) else "held-out"
     print(_table(rows, [f"figure ({label} means over codec tensors)", *(s["candidate"] for s in summaries)]))
     return EXIT_OK

@@ -74,7 +74,21 @@ def default_prompts() -> list[Prompt]:
     # each blank-line-free block of turns is one prompt
     for i, block in enumerate(_dialogue_blocks(dialogue.read_text(encoding="utf-8"))):
         prompts.append(Prompt(f"dialogue:{i}", "dialogue", f"{dialogue.name}, written for helix-framework", block))
-    return prompts
+    return _interleave(prompts)
+
+
+def _interleave(prompts: list[Prompt]) -> list[Prompt]:
+    """prose, code, dialogue, prose, code, ...: any prefix of the set (the
+    first N positions) mixes all three kinds."""
+    by_kind: dict[str, list[Prompt]] = {}
+    for p in prompts:
+        by_kind.setdefault(p.kind, []).append(p)
+    out = []
+    while any(by_kind.values()):
+        for queue in by_kind.values():
+            if queue:
+                out.append(queue.pop(0))
+    return out
 
 
 def _dialogue_blocks(text: str, turns: int = 8) -> list[str]:

@@ -42,7 +42,7 @@ def two_rater_icc(a, b):
 
 def test_the_builtin_set():
     assert sorted(BY_NAME) == sorted(
-        ["rel_l2", "cosine", "icc_3_1", "icc_1_1", "icc_3_1_pairs", "icc_1_1_pairs"]
+        ["rel_l2", "cosine", "icc_3_1", "icc_1_1", "icc_3_1_pairs", "icc_1_1_pairs", "token_agreement"]
     )
     for m in BUILTIN_MEASUREMENTS:
         assert isinstance(m, Measurement) and m.version == "1.0.0"
@@ -124,7 +124,13 @@ def test_every_builtin_passes_the_measurement_conformance_helper():
     x = rng.standard_normal((12, 10)).astype(np.float32)
     y = (x + 0.1 * rng.standard_normal(x.shape)).astype(np.float32)
     for m in BUILTIN_MEASUREMENTS:
-        testing.check_measurement(m, ctx(x, y))
+        if getattr(m, "scope", "tensor") == "tensor":
+            testing.check_measurement(m, ctx(x, y))
+
+
+def test_token_agreement_has_no_per_tensor_figure():
+    with pytest.raises(MeasurementError, match="compares whole models"):
+        BY_NAME["token_agreement"].measure(ctx([[1.0, 2.0]], [[1.0, 2.0]]))
 
 
 @pytest.mark.parametrize("name", ["icc_3_1_pairs", "icc_1_1_pairs"])

@@ -27,6 +27,7 @@ __all__ = [
     "Icc31Measurement",
     "Icc31PairsMeasurement",
     "RelL2Measurement",
+    "TokenAgreementMeasurement",
 ]
 
 #: Upper bound on the row pairs the ``*_pairs`` measurements rate.
@@ -174,6 +175,22 @@ class Icc11PairsMeasurement(_PairsIcc):
     form: ClassVar[str] = "1,1"
 
 
+class TokenAgreementMeasurement(Measurement):
+    """``token_agreement``: a model-level measurement. ``helix calibrate``
+    runs it once over the whole compressed model after every tensor is
+    written (see `helix_framework.agree`); it has no per-tensor figure."""
+
+    name: ClassVar[str] = "token_agreement"
+    version: ClassVar[str] = "1.0.0"
+    scope: ClassVar[str] = "model"
+
+    def measure(self, context: MeasureContext) -> dict[str, float]:
+        raise MeasurementError(
+            "token_agreement compares whole models; it runs once per calibration (helix calibrate) "
+            "or with helix agree, not per tensor"
+        )
+
+
 BUILTIN_MEASUREMENTS: tuple[Measurement, ...] = (
     RelL2Measurement(),
     CosineMeasurement(),
@@ -181,4 +198,5 @@ BUILTIN_MEASUREMENTS: tuple[Measurement, ...] = (
     Icc11Measurement(),
     Icc31PairsMeasurement(),
     Icc11PairsMeasurement(),
+    TokenAgreementMeasurement(),
 )
