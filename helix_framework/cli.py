@@ -155,10 +155,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
     rows.append(["tensors (codec/all)"] + [f"{s['routed'].get('codec', 0)}/{s['tensors']}" for s in summaries])
     rows.append(["flags"] + [", ".join(f"{k} {v}" for k, v in s["flags"].items()) or "-" for s in summaries])
     if any(s.get("token_agreement") for s in summaries):
-        for key in ("positions", "top1", "top5", "kl_mean", "verdict"):
+        for key in ("positions", "top1", "top5", "kl_mean"):
             rows.append([f"token agreement {key}"] + [_fmt((s.get("token_agreement") or {}).get(key, "-")) for s in summaries])
     label = "in-sample" if any(s["held_out"].get("label_in_sample") for s in summaries) else "held-out"
     print(_table(rows, [f"figure ({label} means over codec tensors)", *(s["candidate"] for s in summaries)]))
+    for s in summaries:
+        if s.get("token_agreement"):
+            print(f"{s['candidate']}: {s['token_agreement']['verdict']}")
     return EXIT_OK
 
 
@@ -326,6 +329,72 @@ def cmd_needle(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- helix sweep / frontier --------------------------------------------------
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from helix_framework.host import get_host
+    from helix_framework.sweep import load_sweep, point_label, run_sweep
+
+    host = get_host()
+    host.check_strict()
+    spec = load_sweep(args.file, host)
+    quiet = args.json
+
+    def on_event(kind: str, data: dict[str, Any]) -> None:
+        if quiet:
+            return
+        if kind == "invalid":
+            print(f"invalid point {data['index']} ({point_label(data['point'])}): {data['reason']}", file=sys.stderr)
+        elif kind == "start":
+            print(f"sweep {spec.name}: {data['points']} points, {data['invalid']} invalid, {data['already_done']} "
+                  f"already in the table, {data['to_run']} to run on {data['workers']} {data['executor']} worker(s)",
+                  file=sys.stderr)
+        elif kind == "candidate":
+            figs = " ".join(f"{k}={_fmt(data[k])}" for k in ("bits_per_weight", "rel_l2", "icc_3_1", "top1")
+                            if data.get(k) is not None)
+            status = figs if data["status"] == "ok" else f"FAILED {data['error']}"
+            print(f"[{data['done']}/{data['total']}] {data['candidate']}: {status} ({data['seconds']:.1f} s)",
+                  file=sys.stderr, flush=True)
+
+    summary = run_sweep(spec, args.db, model=args.model, executor=args.executor, address=args.address,
+                        jobs=args.jobs, strict=args.strict, positions=args.positions, host=host, on_event=on_event)
+    data = summary.to_json()
+    if args.json:
+        _print_json(data)
+    else:
+        k = data["kernels"]
+        print(_table([
+            ("points", data["points"]), ("invalid (skipped)", len(data["invalid"])),
+            ("already in the table", data["already_done"]), ("ran", data["ran"]), ("ok", data["ok"]),
+            ("failed", len(data["failed"])), ("workers", f"{data['workers']} ({data['executor']})"),
+            ("seconds", f"{data['seconds']:.1f}"),
+            ("kernels distinct / compiled / from cache", f"{k['distinct']} / {k['compiled']} / {k['from_cache']}"),
+            ("results", data["db"]),
+        ], ("sweep " + data["sweep"], "value")))
+    return EXIT_FAIL if data["failed"] else EXIT_OK
+
+
+def cmd_frontier(args: argparse.Namespace) -> int:
+    from helix_framework.frontier import compute_frontier, load_candidates, plot_frontier
+
+    result = compute_frontier(load_candidates(args.db, sweep=args.sweep), x=args.x, y=args.y)
+    if args.plot:
+        plot_frontier(result, args.plot)
+    data = result.to_json()
+    if args.json:
+        _print_json({**data, "plot": args.plot})
+        return EXIT_OK
+    rows = [(f"{p['x']:.4f}", _fmt(p["y"]), "yes" if p.get("certified") else "no" if p.get("certified") is False
+             else "-", p["candidate"]) for p in data["frontier"]]
+    print(f"Pareto frontier of {data['y_label']} against {data['x_label']}: {len(data['frontier'])} of "
+          f"{data['candidates']} candidates ({data['missing_y']} without {args.y})")
+    print(_table(rows, (args.x, args.y, "certified", "candidate")))
+    if args.plot:
+        print(f"plot written to {args.plot}")
+    return EXIT_OK
+
+
 # -- parser and main -------------------------------------------------------
 
 
@@ -412,6 +481,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--answer", action="store_true", help="also let SmolLM2 answer from the compressed context")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_needle)
+
+    p = sub.add_parser("sweep", help="run a grid of candidates; results appended to LanceDB tables")
+    p.add_argument("file", metavar="FILE", help="sweep YAML (grid, fixed, measure, tensors, model)")
+    p.add_argument("--model", metavar="MODEL", help="overrides the sweep file's model")
+    p.add_argument("--db", required=True, metavar="DIR", help="LanceDB directory (tables candidates and tensors)")
+    p.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="local: a process pool using every core; ray: Ray tasks (default local)")
+    p.add_argument("--address", metavar="ADDR", help="Ray cluster address (default: start a local instance)")
+    p.add_argument("--jobs", type=int, metavar="N", help="workers (default: every core)")
+    p.add_argument("--positions", type=int, metavar="N", help="token agreement positions (default: the file's, else 2000)")
+    p.add_argument("--strict", action="store_true", help="refuse the whole sweep if any point is invalid")
+    p.add_argument("--json", action="store_true", help="print the sweep summary as JSON")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("frontier", help="Pareto frontier of bits per weight against a quality figure")
+    p.add_argument("--db", required=True, metavar="DIR")
+    p.add_argument("--x", choices=["bits"], default="bits", help="bits per weight (codes + codebooks + rotation)")
+    p.add_argument("--y", choices=["top1", "rel_l2", "icc_3_1"], default="top1",
+                   help="top1 and icc_3_1 are maximized, held-out rel_l2 minimized (default top1)")
+    p.add_argument("--sweep", metavar="NAME", help="only candidates of this sweep")
+    p.add_argument("--plot", metavar="FILE.png", help="write a plot of every candidate, the frontier and the gate")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_frontier)
     return parser
 
 
