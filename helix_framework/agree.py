@@ -99,6 +99,46 @@ def weights_from_config(source: ModelSource, candidate: CandidateConfig, host: A
     return out
 
 
+def adc_linears(directory: str | Path, host: Any) -> dict[str, Any]:
+    """Per compressed matrix, ``fn(x [T, in]) -> y [T, out]`` computed by the
+    jit ``adc_matvec`` kernel straight from the codes, with the candidate's
+    distance mode (lookup tables in uint8 or int8) and lane width.
+
+    A row rotation Q (rows stored as w Q) is applied to x instead:
+    (w Q) . (x Q) = w . x for orthonormal Q.
+    """
+    import helix_jit
+
+    from helix_framework.calibrate import split_arrays
+    from helix_framework.codec import CodecState, Codes
+    from helix_framework.rotation import RotationState
+
+    directory = Path(directory)
+    manifest = artifacts.read_manifest(directory)
+    codec = host.codec(manifest["codec"]["name"])
+    if not hasattr(codec, "adc_operands"):
+        raise AgreementError(f"--engine adc needs a codec with adc_operands; {manifest['codec']['name']!r} has none")
+    rotation = host.rotation(manifest["rotation"]["name"])
+    params = manifest["config"]["params"]
+    mode, lane = params.get("distance", "adc_u8"), params.get("lane_width", "F32x16")
+    out = {}
+    for e in manifest["tensors"]:
+        if e["route"] != "codec" or e.get("reshape"):
+            continue
+        code_arrays, state_arrays, rot_arrays = split_arrays(artifacts.read_safetensors(directory / e["files"][0]["file"]))
+        meta = e["codec_meta"]
+        operands = codec.adc_operands(CodecState(state_arrays, meta["state"]), Codes(code_arrays, meta["codes"]))
+        rot_state = RotationState(rot_arrays, e["rotation_meta"])
+
+        def fn(x: np.ndarray, _ops: tuple = operands, _rot: Any = rot_state) -> np.ndarray:
+            xr = np.ascontiguousarray(rotation.apply(_rot, np.asarray(x, np.float32)).T)
+            y = helix_jit.adc_matvec(_ops[0], _ops[1], xr, mode, lane, row_scale=_ops[2])
+            return np.ascontiguousarray(y.T)
+
+        out[e["name"]] = fn
+    return out
+
+
 # -- the token stream ----------------------------------------------------------
 
 
@@ -188,8 +228,10 @@ def agree(
     positions: int = MIN_POSITIONS,
     window: int = 512,
     source: ModelSource | None = None,
+    linears: dict[str, Any] | None = None,
 ) -> AgreeReport:
-    """Compare the reference model with the same model carrying ``weights``."""
+    """Compare the reference model with the same model carrying ``weights``;
+    ``linears`` (from `adc_linears`) replace those layers' matrix products."""
     from helix_framework.models import resolve_model
     from helix_framework.reference import DecoderModel, load_model, load_tokenizer
     from helix_framework.sources import open_source
@@ -199,11 +241,14 @@ def agree(
     prompts = load_prompts(prompts_dir)
     reference = load_model(source)
     candidate = load_model(source, weights=weights)
+    for name, fn in (linears or {}).items():
+        candidate.set_linear(name, fn)
+    engine = "adc" if linears else "dense"
     tokenizer = load_tokenizer(source)
     t1 = time.perf_counter()
     if not isinstance(reference, DecoderModel):
         result = _embedding_agreement(reference, candidate, tokenizer, prompts)
-        return AgreeReport(result, str(model_path), candidate_name, "dense", [p.to_json() for p in prompts], 0,
+        return AgreeReport(result, str(model_path), candidate_name, engine, [p.to_json() for p in prompts], 0,
                            {"load": t1 - t0, "run": time.perf_counter() - t1})
     windows = token_windows(tokenizer, prompts, positions, window)
     ref_logits, ref_hidden = reference_outputs(reference, source, windows, _cache_key(source, prompts, positions, window))
@@ -224,7 +269,7 @@ def agree(
     result["per_layer"] = [float(np.sqrt(e / n)) if n > 0 else 0.0 for e, n in zip(err, norm)]
     used = sorted({w.prompt for w in windows})
     return AgreeReport(
-        result, str(model_path), candidate_name, "dense",
+        result, str(model_path), candidate_name, engine,
         [p.to_json() for p in prompts if p.name in used], window,
         {"load": t1 - t0, "reference": t2 - t1, "candidate": time.perf_counter() - t2},
     )

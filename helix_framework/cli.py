@@ -172,15 +172,20 @@ def cmd_agree(args: argparse.Namespace) -> int:
     from helix_framework.models import resolve_model
     from helix_framework.sources import open_source
 
+    from helix_framework.agree import AgreementError, adc_linears
+
     host = get_host()
     source = open_source(resolve_model(args.model))
+    if args.engine == "adc" and not args.artifacts:
+        raise AgreementError("--engine adc runs from codes: give --artifacts DIR (a calibration output)")
     if args.artifacts:
         weights, name = weights_from_artifacts(args.artifacts, source, host), str(args.artifacts)
     else:
         candidate = load_candidate(args.config, host)
         weights, name = weights_from_config(source, candidate, host), candidate.name
+    linears = adc_linears(args.artifacts, host) if args.engine == "adc" else None
     report = agree(args.model, weights=weights, candidate_name=name, prompts_dir=args.prompts,
-                   positions=args.positions, window=args.window, source=source)
+                   positions=args.positions, window=args.window, source=source, linears=linears)
     data = report.to_json()
     if args.json:
         _print_json(data)
@@ -208,6 +213,9 @@ def print_agreement(data: dict[str, Any]) -> None:
             ("divergence positions", len(data["divergence_positions"])),
             ("hidden-state rel. error, last layer", f"{data['per_layer'][-1]:.5f}"),
         ]
+    seconds = data.get("seconds", {})
+    if "candidate" in seconds:
+        rows.append(("candidate forward seconds", f"{seconds['candidate']:.1f} ({data['engine']} engine)"))
     print(f"token agreement of {data['candidate']} on {data['model']}")
     print(_table(rows, ("figure", "value")))
     print(data["verdict"])
@@ -445,6 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", metavar="DIR", help="directory of *.txt prompts (default: the built-in set)")
     p.add_argument("--positions", type=int, default=2000, metavar="N", help="teacher-forced positions (default 2000)")
     p.add_argument("--window", type=int, default=512, metavar="T", help="tokens per independent window (default 512)")
+    p.add_argument("--engine", choices=("dense", "adc"), default="dense",
+                   help="adc: compressed layers multiply from their codes through the jit adc_matvec kernel")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_agree)
 

@@ -74,3 +74,29 @@ def test_too_few_positions_is_insufficient_evidence(cache):
                       "--prompts", str(ROOT / "data" / "prompts")], env=cache)
     # 1 dialogue file: fewer than 100 sentences, so never certified
     assert proc.returncode == 1 and "insufficient evidence" in proc.stdout
+
+
+@pytest.mark.slow
+def test_adc_engine_multiplies_from_codes(tmp_path, cache):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        "name: vq\ncodec: campq\nparams: {subspace_dim: 8, centroids: 256, codebook: shared, row_scale: true, "
+        "distance: adc_u8, residual: {depth: 1, centroids: 256}}\nrotation: {kind: hadamard, seed: 7}\n"
+        "rows: {calibration: 512, measurement: 64}\n"
+    )
+    out = tmp_path / "out"
+    assert run_helix(["calibrate", "smollm2", "--config", str(cfg), "--out", str(out), "--tensors",
+                      r"blk\.0\.(attn_q|ffn_up)"], env=cache).returncode == 0
+    runs = {}
+    for engine in ("dense", "adc"):
+        proc = run_helix(["agree", "smollm2", "--artifacts", str(out), "--positions", "100", "--engine", engine,
+                          "--json"], env=cache)
+        assert proc.returncode == 1, proc.stderr  # 100 positions: insufficient evidence
+        runs[engine] = json.loads(proc.stdout)
+    assert runs["adc"]["engine"] == "adc" and runs["dense"]["engine"] == "dense"
+    # the uint8 tables change the products slightly: close to the dense path, not identical
+    assert runs["adc"]["kl"]["mean"] != runs["dense"]["kl"]["mean"]
+    assert abs(runs["adc"]["top1"] - runs["dense"]["top1"]) <= 0.05
+    assert abs(runs["adc"]["per_layer"][-1] - runs["dense"]["per_layer"][-1]) < 0.02
+    proc = run_helix(["agree", "smollm2", "--config", str(cfg), "--engine", "adc"], env=cache)
+    assert proc.returncode == 2 and "give --artifacts" in proc.stderr

@@ -287,6 +287,15 @@ class CampqCodec(Codec):
             out *= np.asarray(codes.arrays["row_scale"]).astype(np.float32)[:, None]
         return out
 
+    def adc_operands(self, state: CodecState, codes: Codes) -> tuple[list, list, np.ndarray | None]:
+        """What `helix_jit.adc_matvec` needs to multiply by the encoded matrix
+        without decoding it: codes per stage, codebooks per stage and subspace,
+        and the per-row scales (or None)."""
+        cbs = self._stage_codebooks(state)
+        stage_codes = [np.ascontiguousarray(codes.arrays[f"stage{s}"]) for s in range(len(cbs))]
+        scale = np.asarray(codes.arrays["row_scale"]).astype(np.float32) if state.meta["row_scale"] else None
+        return stage_codes, cbs, scale
+
     # -- bits -------------------------------------------------------------------
 
     def bits(self, state: CodecState, n_rows: int, row_dim: int) -> BitsAccount:
