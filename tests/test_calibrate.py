@@ -254,3 +254,33 @@ def test_cli_calibrate_json_summary(tmp_path, model):
     summary = json.loads(proc.stdout)
     assert summary["routed"] == {"passthrough": 3, "codec": 4, "skip": 2}
     assert 0 < summary["held_out"]["mean_rel_l2"] < 0.01
+
+
+def test_campq_jit_and_numpy_references_agree_and_runs_repeat(tmp_path, monkeypatch):
+    from helix_framework.calibrate import split_arrays
+
+    host = Host()  # with the campq and hadamard plugins
+    rng = np.random.default_rng(3)
+    tensors = {f"layers.{i}.mlp.up_proj.weight": rng.standard_normal((400, 96)).astype(np.float32) for i in range(2)}
+    save_file(tensors, str(tmp_path / "m.safetensors"))
+    cand = candidate(host, codec="campq", params={"subspace_dim": 8, "centroids": 64, "codebook": "shared",
+                                                  "residual": {"depth": 1, "centroids": 64}},
+                     rows={"calibration": 300, "measurement": 100, "seed": 1},
+                     rotation={"kind": "hadamard", "seed": 3})
+    runs = {}
+    for label, disabled in (("jit", None), ("jit again", None), ("numpy", "1")):
+        if disabled:
+            monkeypatch.setenv("HELIX_JIT_DISABLE", disabled)
+        calibrate(tmp_path / "m.safetensors", cand, tmp_path / label, host=host)
+        runs[label] = artifacts.read_manifest(tmp_path / label)
+    assert runs["numpy"]["kernels"]["n_reference"] > 0 and runs["jit"]["kernels"]["n_reference"] == 0
+    for a, b in zip(runs["jit"]["tensors"], runs["numpy"]["tensors"]):
+        for key, value in a["metrics"]["held_out"].items():
+            assert b["metrics"]["held_out"][key] == pytest.approx(value, rel=1e-4), key
+        codes_a, _, _ = split_arrays(artifacts.read_safetensors(tmp_path / "jit" / a["files"][0]["file"]))
+        codes_b, _, _ = split_arrays(artifacts.read_safetensors(tmp_path / "numpy" / b["files"][0]["file"]))
+        for stage in codes_a:
+            assert np.mean(codes_a[stage] == codes_b[stage]) > 0.999  # only float32 near-ties may differ
+    # the same seed writes byte-identical artifacts
+    same = [(a["files"][0]["sha256"] == b["files"][0]["sha256"]) for a, b in zip(runs["jit"]["tensors"], runs["jit again"]["tensors"])]
+    assert all(same)
