@@ -78,12 +78,14 @@ class HeadroomCompressor(Compressor):
             return self._fallback(text, target, f"{engine.path} returned empty text")
         if out == text or len(out) >= len(text):
             return self._fallback(text, target, f"{engine.path} returned the input unchanged (or longer)")
+        # cut first, then check: the reader gets the cut text, and cutting
+        # compressed code that ran over the target can break its syntax
+        out = out[:target]
         if engine.python_check and is_python(text):
             try:
                 parse_python(out)
             except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
                 return self._fallback(text, target, f"{engine.path} output does not parse as Python: {exc}")
-        out = out[:target]
         return CompressionResult(text=out, ratio=ratio_of(text, out), path=engine.path)
 
     def _run(self, kind: str, text: str, target: int, question: str | None) -> tuple[str, Any]:
