@@ -326,48 +326,6 @@ def expand(spec: SweepSpec, host: Any = None) -> list[Point]:
 # -- one candidate (runs in a worker) --------------------------------------------
 
 
-_lock_installed = False
-
-
-def _install_kernel_lock() -> None:
-    """Serialize kernel-cache misses across processes of this machine with a
-    file lock per signature: the second process then finds the object on disk
-    instead of compiling it again."""
-    global _lock_installed
-    if _lock_installed:
-        return
-    _lock_installed = True
-    try:
-        import fcntl
-
-        from helix_jit import cache as jit_cache
-        from helix_jit import kernel as jit_kernel
-    except ImportError:  # pragma: no cover - non-POSIX
-        return
-    original = getattr(jit_kernel.Kernel, "_lookup", None)
-    if original is None or getattr(original, "_helix_sweep_lock", False):
-        return
-
-    def _lookup(self: Any, lw: Any, constants: Any, sig: str) -> Any:
-        if sig in jit_cache._memory:
-            return original(self, lw, constants, sig)
-        locks = jit_cache.cache_dir() / ".sweep-locks"
-        try:
-            locks.mkdir(parents=True, exist_ok=True)
-            handle = open(locks / sig[:32], "a+")
-        except OSError:
-            return original(self, lw, constants, sig)
-        with handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                return original(self, lw, constants, sig)
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-
-    _lookup._helix_sweep_lock = True  # type: ignore[attr-defined]
-    jit_kernel.Kernel._lookup = _lookup
-
-
 def _nan_to_none(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
@@ -384,7 +342,6 @@ def run_candidate(task: dict[str, Any]) -> dict[str, Any]:
     """
     for key, value in (task.get("env") or {}).items():
         os.environ.setdefault(key, value)
-    _install_kernel_lock()
     import helix_jit
     from threadpoolctl import threadpool_limits
 

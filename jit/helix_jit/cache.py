@@ -116,6 +116,29 @@ def _path(sig: str) -> Path:
     return cache_dir() / (sig + _SUFFIX)
 
 
+@contextlib.contextmanager
+def signature_lock(sig: str) -> Iterator[None]:
+    """Hold an exclusive file lock for one signature across the processes of
+    this machine, so two processes that miss the same kernel compile it once:
+    the second finds the first's object on disk. Without fcntl (or a
+    writable cache directory) it is a no-op: at worst both compile."""
+    try:
+        import fcntl
+
+        locks = cache_dir() / ".locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        handle = open(locks / sig[:32], "a+")
+    except (ImportError, OSError):
+        yield
+        return
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def read_disk(sig: str) -> bytes | None:
     """The stored object for ``sig``, or None (missing, or bad: then removed)."""
     p = _path(sig)

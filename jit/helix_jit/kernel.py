@@ -229,26 +229,27 @@ class Kernel:
                 c.hits += 1
                 return fn, "memory"
             c.misses += 1
-            obj = _cache.read_disk(sig)
-            if obj is not None:
-                try:
-                    loaded = codegen.load_object(obj, [self.entry])
-                except Exception as e:  # a stale or foreign object: recompile
-                    _cache.log.warning("helix-jit cache entry %s failed to load (%s); recompiling", sig, e)
-                else:
-                    c.disk_loads += 1
-                    fn = CompiledKernel(self, lw, constants, sig, loaded)
-                    _cache._memory[sig] = fn
-                    return fn, "disk"
-            ir_text = self.emit_ir(lw, constants)
-            loaded, ms = codegen.compile_ir(ir_text, [self.entry], name=f"{self.name}[{lw.value}]")
-            c.compiles += 1
-            c.compile_ms += ms
-            if loaded.obj:
-                _cache.write_disk(sig, loaded.obj)
-            fn = CompiledKernel(self, lw, constants, sig, loaded)
-            _cache._memory[sig] = fn
-            return fn, "compiled"
+            with _cache.signature_lock(sig):
+                obj = _cache.read_disk(sig)
+                if obj is not None:
+                    try:
+                        loaded = codegen.load_object(obj, [self.entry])
+                    except Exception as e:  # a stale or foreign object: recompile
+                        _cache.log.warning("helix-jit cache entry %s failed to load (%s); recompiling", sig, e)
+                    else:
+                        c.disk_loads += 1
+                        fn = CompiledKernel(self, lw, constants, sig, loaded)
+                        _cache._memory[sig] = fn
+                        return fn, "disk"
+                ir_text = self.emit_ir(lw, constants)
+                loaded, ms = codegen.compile_ir(ir_text, [self.entry], name=f"{self.name}[{lw.value}]")
+                c.compiles += 1
+                c.compile_ms += ms
+                if loaded.obj:
+                    _cache.write_disk(sig, loaded.obj)
+                fn = CompiledKernel(self, lw, constants, sig, loaded)
+                _cache._memory[sig] = fn
+                return fn, "compiled"
 
     def __repr__(self) -> str:
         return f"<Kernel {self.name} v{self.version} {[w.value for w in self.lane_widths]}>"

@@ -200,3 +200,16 @@ def test_dump_ir_logs(cache_dir, monkeypatch, caplog):
         k.get("F32x16", d=7)
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert "define void @axpb" in text and "axpb:" in text
+
+
+def test_two_processes_missing_the_same_kernel_compile_it_once(tmp_path):
+    """The per-signature file lock: the second process loads the first's object."""
+
+    code = (
+        "import numpy as np, helix_jit; x = np.ones((3, 64), np.float32); helix_jit.fwht(x); "
+        "s = helix_jit.cache_stats(); print(s.compiles, s.disk_loads)"
+    )
+    env = {**os.environ, "HELIX_JIT_CACHE_DIR": str(tmp_path)}
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    counts = [tuple(map(int, p.communicate(timeout=120)[0].split())) for p in procs]
+    assert sorted(counts) == [(0, 1), (1, 0)]
