@@ -20,7 +20,6 @@ faster).
 from __future__ import annotations
 
 import argparse
-import resource
 import statistics
 import subprocess
 import sys

@@ -18,7 +18,7 @@ import re
 import time
 import zlib
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import attrs
 import numpy as np

@@ -25,7 +25,7 @@ import os
 import re
 import threading
 from importlib import metadata
-from typing import Any, Iterable
+from typing import Any
 
 import attrs
 import pluggy
@@ -411,6 +411,3 @@ def reset_host() -> None:
     with _HOST_LOCK:
         _HOST = None
 
-
-def iter_kinds() -> Iterable[str]:
-    return BASES.keys()

@@ -307,7 +307,7 @@ def _lloyd(
     tol: float,
     lw: LaneWidth,
 ) -> KMeansResult:
-    n, M = x.shape[0], len(cols)
+    M = len(cols)
     active = np.ones(M, dtype=bool)
     converged = np.zeros(M, dtype=bool)
     iters = np.zeros(M, dtype=np.int64)

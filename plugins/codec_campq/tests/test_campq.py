@@ -219,7 +219,7 @@ def _near_ties(target, cbs, widths, a, b, rows, subs):
 
 def test_jit_and_numpy_reference_agree(monkeypatch):
     x = correlated(3000, 48, seed=8)
-    train, test = x[:2400], x[2400:]
+    train = x[:2400]
     params = CampqParams(subspaces=5, centroids=32, residual=Residual(1, 16))
     monkeypatch.delenv("HELIX_JIT_DISABLE", raising=False)
     s_jit, c_jit, y_jit = round_trip(params, train, x)
