@@ -23,6 +23,20 @@ Methods, all pure functions of their arguments:
 - ``bits(state, n_rows, row_dim) -> BitsAccount``: code bits and overhead
   (codebooks, scales), so bits per weight are never only the codes.
 
+Optional capabilities, declared as class attributes (the host never probes
+with getattr):
+
+- ``takes_stats = True``: ``fit`` and ``encode`` also receive ``stats=`` (a
+  `helix_framework.layer_stats.LayerStats` of the rotated inputs, or None for
+  a data-free candidate). A codec that leaves it False is called exactly as
+  before and works unchanged in data-aware candidates.
+- ``quantizes_columns = True``: the codec can be driven by the host's error
+  feedback stage (GPTQ-style), which calls ``fit`` once, then
+  ``quantize_columns`` on one atom of ``column_atom(state)`` columns at a
+  time, in an order the host chooses, and finally ``encode`` on the
+  quantized matrix. ``encode`` of rows that ``quantize_columns`` produced must
+  decode to those rows exactly.
+
 Two codecs may share a name only if their formats are compatible.
 """
 
@@ -86,6 +100,10 @@ class Codec:
     Params: ClassVar[type] = NoParams
     lane_widths: ClassVar[tuple[LaneWidth, ...]] = ALL_LANE_WIDTHS
     override: ClassVar[bool] = False
+    #: fit and encode accept ``stats=`` (see the module docstring).
+    takes_stats: ClassVar[bool] = False
+    #: the codec implements ``column_atom`` and ``quantize_columns``.
+    quantizes_columns: ClassVar[bool] = False
 
     def validate(self, params: Any) -> None:
         """Cross-field checks; raise ConfigError(path=...) on a bad value."""
@@ -100,4 +118,17 @@ class Codec:
         raise NotImplementedError
 
     def bits(self, state: CodecState, n_rows: int, row_dim: int) -> BitsAccount:
+        raise NotImplementedError
+
+    def column_atom(self, state: CodecState) -> int:
+        """Columns quantized together (1 for scalar codecs, the subspace width for VQ)."""
+        return 1
+
+    def quantize_columns(self, state: CodecState, values: np.ndarray, start: int) -> np.ndarray:
+        """Quantize-dequantize the atom of columns ``[start, start + column_atom)``.
+
+        ``values`` [n_rows, column_atom] are those columns' current (error
+        corrected) values; the result has the same shape, float32, on the
+        codec's grid. Only codecs with ``quantizes_columns = True`` implement it.
+        """
         raise NotImplementedError

@@ -19,6 +19,13 @@ Methods:
   tests must show (`helix_framework.testing.check_rotation_invertible`).
 - ``overhead_bits(state)``: bits the state costs in an artifact (counted in
   bits per weight). The default counts every array's bytes.
+- ``transform_stats(state, stats) -> LayerStats``: the layer statistics of
+  the rotated inputs. With ``apply(rows) = rows @ A`` the layer computes
+  ``(X A^-T)(W A)^T``, so the Hessian becomes ``A^-1 H A^-T``. Rotations that
+  set ``orthogonal = True`` get ``A^T H A`` from ``apply`` by default; others
+  must override it to be used in a data-aware candidate.
+- ``takes_stats = True``: ``fit`` also receives ``stats=`` (the layer
+  statistics in the original basis, or None when the candidate is data-free).
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import attrs
 import numpy as np
 
 from helix_framework.codec import NoParams
+from helix_framework.layer_stats import LayerStats
 
 
 @attrs.frozen
@@ -46,6 +54,10 @@ class Rotation:
     version: ClassVar[str] = "0.0.0"
     Params: ClassVar[type] = NoParams
     override: ClassVar[bool] = False
+    #: ``apply`` is ``rows @ A`` with ``A`` orthogonal (A^-1 = A^T).
+    orthogonal: ClassVar[bool] = False
+    #: fit accepts ``stats=`` (see the module docstring).
+    takes_stats: ClassVar[bool] = False
 
     def validate(self, params: Any) -> None:
         """Cross-field checks; raise ConfigError(path=...) on a bad value."""
@@ -63,3 +75,12 @@ class Rotation:
 
     def overhead_bits(self, state: RotationState) -> int:
         return sum(int(a.nbytes) * 8 for a in state.arrays.values())
+
+    def transform_stats(self, state: RotationState, stats: LayerStats) -> LayerStats:
+        """Statistics of the rotated inputs (see the module docstring)."""
+        if not self.orthogonal:
+            raise NotImplementedError(f"rotation {self.name!r} does not say how layer statistics transform under it")
+        h = np.asarray(stats.hessian, dtype=np.float64)
+        # apply(H) = H A; apply((H A)^T) = A^T H A (H is symmetric).
+        rotated = self.apply(state, self.apply(state, h).T)
+        return LayerStats(hessian=(rotated + rotated.T) * 0.5, n_tokens=stats.n_tokens)
