@@ -29,7 +29,9 @@ from threadpoolctl import threadpool_limits
 from helix_framework import artifacts
 from helix_framework.codec import CodecState, Codes
 from helix_framework.config import CandidateConfig, kernel_signature
-from helix_framework.errors import HelixError
+from helix_framework.engine import BlockStats
+from helix_framework.errors import ConfigError, HelixError
+from helix_framework.layer_stats import LayerStats
 from helix_framework.measurement import MeasureContext
 from helix_framework.rotation import RotationState
 from helix_framework.routing import route_tensor
@@ -171,17 +173,31 @@ class Fitted:
 
 
 def fit_reconstruct(
-    x: np.ndarray, cal_idx: np.ndarray, comp: Components, params: Any, name: str, rng: np.random.Generator
+    x: np.ndarray, cal_idx: np.ndarray, comp: Components, params: Any, name: str, rng: np.random.Generator,
+    stats: LayerStats | None = None,
 ) -> Fitted:
-    """Fit the rotation and codec on rows ``cal_idx``; encode, decode and invert every row."""
+    """Fit the rotation and codec on rows ``cal_idx``; encode, decode and invert every row.
+
+    With layer ``stats`` (a data-aware candidate) the components that take
+    statistics get them (the codec sees them transformed by the rotation),
+    and the candidate's error feedback stage, if any, quantizes the columns.
+    """
     cand = comp.candidate
     t0 = time.perf_counter()
     try:
-        rot_state = comp.rotation.fit(x[cal_idx], cand.rotation.params, rng, codec_params=params)
+        rot_extra = {"stats": stats} if stats is not None and comp.rotation.takes_stats else {}
+        rot_state = comp.rotation.fit(x[cal_idx], cand.rotation.params, rng, codec_params=params, **rot_extra)
         xr = comp.rotation.apply(rot_state, x)
-        state = comp.codec.fit(xr[cal_idx], params, rng)
+        rstats = _rotated_stats(comp, rot_state, stats) if stats is not None else None
+        codec_extra = {"stats": rstats} if rstats is not None and comp.codec.takes_stats else {}
+        state = comp.codec.fit(xr[cal_idx], params, rng, **codec_extra)
         t1 = time.perf_counter()
-        codes = comp.codec.encode(state, xr)
+        if rstats is not None and cand.error_feedback is not None:
+            from helix_framework.error_feedback import quantize_with_feedback
+
+            codes = quantize_with_feedback(comp.codec, state, xr, rstats, cand.error_feedback)
+        else:
+            codes = comp.codec.encode(state, xr, **codec_extra)
         del xr  # the rotated copy (if any) is not needed past encoding
         t2 = time.perf_counter()
         recon = comp.rotation.invert(rot_state, comp.codec.decode(state, codes))
@@ -204,13 +220,24 @@ def fit_reconstruct(
     return Fitted(rot_state, state, codes, recon, bits, timing)
 
 
-def calibrate_matrix(x: np.ndarray, name: str, comp: Components) -> TensorResult:
-    """Fit, encode, decode and measure one 2-D float32 matrix."""
+def _rotated_stats(comp: Components, rot_state: RotationState, stats: LayerStats) -> LayerStats:
+    try:
+        return comp.rotation.transform_stats(rot_state, stats)
+    except NotImplementedError as exc:
+        raise ConfigError(f"rotation {comp.candidate.rotation.kind!r} cannot transform layer statistics: {exc}",
+                          path="$.rotation") from None
+
+
+def calibrate_matrix(x: np.ndarray, name: str, comp: Components, stats: BlockStats | None = None) -> TensorResult:
+    """Fit, encode, decode and measure one 2-D float32 matrix (with its
+    layer statistics in a data-aware candidate)."""
     cand = comp.candidate
     split = split_rows(x.shape[0], cand.rows, cand.in_sample, name)
-    fitted = fit_reconstruct(x, split.calibration, comp, cand.params, name, tensor_rng(cand.rows.seed, name))
+    fitted = fit_reconstruct(x, split.calibration, comp, cand.params, name, tensor_rng(cand.rows.seed, name),
+                             stats=stats.fit if stats is not None else None)
     t0 = time.perf_counter()
-    metrics = measure_splits(x, fitted.reconstruction, split, comp.measurements, cand.rows.seed, name)
+    metrics = measure_splits(x, fitted.reconstruction, split, comp.measurements, cand.rows.seed, name,
+                             held_stats=stats.held_out if stats is not None else None)
     arrays = {f"codes.{k}": v for k, v in fitted.codes.arrays.items()}
     arrays.update({f"state.{k}": v for k, v in fitted.state.arrays.items()})
     arrays.update({f"rotation.{k}": v for k, v in fitted.rot_state.arrays.items()})
@@ -240,16 +267,18 @@ def _named(exc: HelixError, name: str) -> HelixError:
 
 
 def measure_splits(
-    x: np.ndarray, recon: np.ndarray, split: RowSplit, measurements: tuple[Any, ...], seed: int, name: str
+    x: np.ndarray, recon: np.ndarray, split: RowSplit, measurements: tuple[Any, ...], seed: int, name: str,
+    held_stats: LayerStats | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Every measurement on held-out (or in-sample), calibration and all rows."""
+    """Every measurement on held-out (or in-sample), calibration and all rows
+    (``held_stats``: the layer's inputs on held-out calibration windows)."""
     out: dict[str, dict[str, float]] = {}
     for label, idx in ((split.held_out_label, split.held_out), ("calibration", split.calibration), ("all", None)):
         orig = x if idx is None else x[idx]
         rec = recon if idx is None else recon[idx]
         figures: dict[str, float] = {}
         for m in measurements:
-            figures.update(m.measure(MeasureContext(orig, rec, split=label, seed=seed, tensor=name)))
+            figures.update(m.measure(MeasureContext(orig, rec, split=label, seed=seed, tensor=name, stats=held_stats)))
         out[label] = figures
     return out
 
@@ -298,9 +327,12 @@ def calibrate(
     # core was busy; the JIT kernels split rows over threads themselves.
     with open_source(model) as source, helix_jit.record_kernels() as recorder, threadpool_limits(1, "blas"):
         infos = source.tensors()
-        entries = []
-        for info in _progress(infos, progress, "calibrating"):
-            entries.append(_calibrate_one(source, info, comp, tensor_dir, selector))
+        calibration_text = None
+        if candidate.calibration is not None:
+            entries, calibration_text = _calibrate_data_aware(source, infos, comp, tensor_dir, selector, progress)
+        else:
+            entries = [_calibrate_one(source, info, comp, tensor_dir, selector)
+                       for info in _progress(infos, progress, "calibrating")]
         manifest = {
             "schema_version": artifacts.SCHEMA_VERSION,
             "source": {
@@ -319,6 +351,8 @@ def calibrate(
             "kernels": _kernels_json(recorder),
             "tensors": entries,
         }
+        if calibration_text is not None:
+            manifest["calibration_text"] = calibration_text
     summary = _summarize(manifest, str(out), time.perf_counter() - started)
     manifest["summary"] = summary.to_json()
     artifacts.write_json_atomic(out / artifacts.MANIFEST, manifest)
@@ -397,7 +431,51 @@ def route_and_read(source: ModelSource, info: Any, candidate: CandidateConfig, s
     return Routed(route, reason, decision.rule, reshape, x)
 
 
-def _calibrate_one(source: ModelSource, info: Any, comp: Components, tensor_dir: Path, selector: Any) -> dict[str, Any]:
+def _calibrate_data_aware(
+    source: ModelSource, infos: list[Any], comp: Components, tensor_dir: Path, selector: Any, progress: bool
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Tensors outside the blocks as in a data-free run; each block's tensors
+    with the statistics of their inputs on the calibration windows (see
+    `helix_framework.engine`). Returns the entries in source order and what
+    the manifest records about the calibration text."""
+    from helix_framework.calibration_text import load_documents, make_windows
+    from helix_framework.engine import run_blocks
+    from helix_framework.prompts import load_prompts
+    from helix_framework.reference import DecoderModel, load_model, load_tokenizer
+
+    cal = comp.candidate.calibration
+    windows = make_windows(load_tokenizer(source), load_documents(cal.text), sequences=cal.sequences,
+                           tokens=cal.tokens, seed=cal.seed, held_out=cal.held_out, evaluation=load_prompts(None))
+    model = load_model(source, lazy=True)
+    if not isinstance(model, DecoderModel):
+        raise ConfigError("data-aware calibration runs decoder models (Llama family) only", path="$.calibration")
+    by_name = {info.name: info for info in infos}
+    in_blocks = {n for layer in range(model.n_layers) for n in model.block_tensors(layer)}
+    entries: dict[str, dict[str, Any]] = {}
+    for info in infos:
+        if info.name not in in_blocks:
+            entries[info.name] = _calibrate_one(source, info, comp, tensor_dir, selector)
+
+    def fit_block(layer: int, names: list[str], stats: Any) -> dict[str, np.ndarray]:
+        kept: dict[str, np.ndarray] = {}
+        for name in names:
+            entries[name] = _calibrate_one(source, by_name[name], comp, tensor_dir, selector,
+                                           stats=stats.get(name), keep=kept)
+        return kept
+
+    run_blocks(model, windows.ids, windows.fit, windows.held_out, fit_block, propagate=cal.propagate,
+               progress=progress)
+    settings = {"text": cal.text, "sequences": cal.sequences, "tokens": cal.tokens, "seed": cal.seed,
+                "held_out_fraction": cal.held_out, "propagate": cal.propagate}
+    return [entries[info.name] for info in infos], windows.to_json(settings)
+
+
+def _calibrate_one(
+    source: ModelSource, info: Any, comp: Components, tensor_dir: Path, selector: Any,
+    stats: BlockStats | None = None, keep: dict[str, np.ndarray] | None = None,
+) -> dict[str, Any]:
+    """One tensor's artifact and manifest entry (``stats``: its layer
+    statistics in a data-aware run; ``keep`` receives its reconstruction)."""
     name, shape = info.name, tuple(info.shape)
     routed = route_and_read(source, info, comp.candidate, selector)
     route, reshape, x = routed.route, routed.reshape, routed.rows
@@ -418,7 +496,11 @@ def _calibrate_one(source: ModelSource, info: Any, comp: Components, tensor_dir:
         file, sha, size = artifacts.write_safetensors(tensor_dir, stem, payload)
         entry["files"] = [{"file": f"{artifacts.TENSOR_DIR}/{file}", "sha256": sha, "bytes": size}]
         return entry
-    result = calibrate_matrix(x, name, comp)
+    if stats is not None and (reshape is not None or stats.fit.hessian.shape[0] != x.shape[1]):
+        raise CalibrationError(f"tensor {name!r}: its rows do not match the layer's inputs; cannot use statistics")
+    result = calibrate_matrix(x, name, comp, **({"stats": stats} if stats is not None else {}))
+    if keep is not None:
+        keep[name] = result.reconstruction
     file, sha, size = artifacts.write_safetensors(tensor_dir, stem, result.arrays)
     entry.update(
         {

@@ -312,6 +312,41 @@ class RouteRule:
             raise ParamError("match", f"invalid regular expression: {exc}") from None
 
 
+def _positive(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value < 1:
+        raise ParamError(attribute.name, f"must be >= 1, got {value}")
+
+
+def _fraction(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if not 0.0 <= value < 1.0:
+        raise ParamError(attribute.name, f"must be in [0, 1), got {value}")
+
+
+@attrs.frozen
+class CalibrationConfig:
+    """The ``calibration`` mapping of a data-aware candidate.
+
+    ``text``: ``builtin``, a ``.txt`` file or a directory of them;
+    ``sequences`` windows of ``tokens`` tokens drawn with ``seed``;
+    ``held_out``: the fraction of windows kept out of the fit for
+    ``output_rel_l2``; ``propagate``: the windows reach the next block
+    through the ``quantized`` block just fitted, or the ``reference`` one.
+    """
+
+    text: str = "builtin"
+    sequences: int = attrs.field(default=128, validator=_positive)
+    tokens: int = attrs.field(default=512, validator=_positive)
+    seed: int = 0
+    held_out: float = attrs.field(default=0.125, validator=_fraction)
+    propagate: Literal["quantized", "reference"] = "quantized"
+
+    def __attrs_post_init__(self) -> None:
+        if not self.text.strip():
+            raise ParamError("text", "must be builtin, a .txt file or a directory of .txt files")
+        if self.tokens < 2:
+            raise ParamError("tokens", f"must be >= 2, got {self.tokens}")
+
+
 @attrs.frozen
 class CandidateConfig:
     """One validated candidate."""
@@ -325,6 +360,8 @@ class CandidateConfig:
     notes: str = ""
     in_sample: bool = False
     routes: tuple[RouteRule, ...] = ()
+    calibration: CalibrationConfig | None = None
+    error_feedback: Any = None
     source: str | None = attrs.field(default=None, eq=False)
 
     def to_json(self) -> dict[str, Any]:
@@ -340,6 +377,10 @@ class CandidateConfig:
             "in_sample": self.in_sample,
             "routes": [converter.unstructure(r) for r in self.routes],
         }
+        if self.calibration is not None:
+            out["calibration"] = converter.unstructure(self.calibration)
+        if self.error_feedback is not None:
+            out["error_feedback"] = converter.unstructure(self.error_feedback)
         return out
 
 
@@ -356,6 +397,8 @@ class _CandidateShape:
     notes: str = ""
     in_sample: bool = False
     routes: tuple[RouteRule, ...] = ()
+    calibration: Any = None
+    error_feedback: Any = None
 
 
 def load_candidate(path: str | Path, host: Any = None) -> CandidateConfig:
@@ -417,6 +460,7 @@ def candidate_from_mapping(data: Any, host: Any = None) -> CandidateConfig:
             host.measurement(name)
         except UnknownNameError as exc:
             raise ConfigError(str(exc), path=f"$.measure[{i}]") from None
+    calibration, feedback = _data_aware(shape, codec, host)
     return CandidateConfig(
         name=shape.name,
         codec=shape.codec,
@@ -427,7 +471,34 @@ def candidate_from_mapping(data: Any, host: Any = None) -> CandidateConfig:
         notes=shape.notes,
         in_sample=shape.in_sample,
         routes=shape.routes,
+        calibration=calibration,
+        error_feedback=feedback,
     )
+
+
+def _data_aware(shape: _CandidateShape, codec: Any, host: Any) -> tuple[Any, Any]:
+    """The ``calibration`` and ``error_feedback`` keys, checked against the components."""
+    if shape.calibration is None:
+        for i, name in enumerate(shape.measure):
+            if host.measurement(name).needs_stats:
+                raise ConfigError(f"measurement {name!r} needs layer inputs: add a calibration: section",
+                                  path=f"$.measure[{i}]")
+        if shape.error_feedback is not None:
+            raise ConfigError("error feedback needs layer statistics: add a calibration: section",
+                              path="$.error_feedback")
+        return None, None
+    calibration = structure(shape.calibration, CalibrationConfig, path="$.calibration")
+    if calibration.held_out == 0 and any(host.measurement(m).needs_stats for m in shape.measure):
+        raise ConfigError("output_rel_l2 is measured on held-out windows: held_out must be > 0",
+                          path="$.calibration.held_out")
+    if shape.error_feedback is None:
+        return calibration, None
+    if not codec.quantizes_columns:
+        raise ConfigError(f"codec {shape.codec!r} cannot quantize a block of columns (quantizes_columns), "
+                          "so it cannot run error feedback", path="$.error_feedback")
+    from helix_framework.error_feedback import ErrorFeedbackParams
+
+    return calibration, structure(shape.error_feedback, ErrorFeedbackParams, path="$.error_feedback")
 
 
 def _rotation(value: Any, host: Any) -> RotationChoice:

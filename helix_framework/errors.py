@@ -102,3 +102,20 @@ class SourceError(HelixError):
 
 class MeasurementError(HelixError):
     """A measurement cannot be computed on this input (never a placeholder)."""
+
+
+class CalibrationTextError(HelixError):
+    """Calibration text cannot be used (empty, too short, not UTF-8, or it
+    overlaps the evaluation prompts); the message names the file."""
+
+    def __init__(self, message: str, *, file: str | None = None):
+        self.file = file
+        super().__init__(f"{file}: {message}" if file else message)
+
+
+class LayerInputError(HelixError):
+    """A linear layer's calibration inputs contain NaN or infinity; names the layer."""
+
+    def __init__(self, message: str, *, layer: str):
+        self.layer = layer
+        super().__init__(f"layer {layer!r}: {message}")

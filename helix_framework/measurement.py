@@ -12,6 +12,8 @@ float32 ``original`` and ``reconstruction`` rows of one split (``held_out``,
 ``calibration`` or ``all``) and a seed for anything random. The host calls
 it once per split and labels the figures. A measurement that cannot compute
 its figure raises `MeasurementError`; it never returns a placeholder.
+In a data-aware candidate the context also carries ``stats``: the layer's
+input statistics on calibration windows held out from the fit.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from typing import ClassVar
 import attrs
 import numpy as np
 
+from helix_framework.layer_stats import LayerStats
+
 
 @attrs.frozen
 class MeasureContext:
@@ -29,6 +33,8 @@ class MeasureContext:
     split: str = "all"
     seed: int = 0
     tensor: str | None = None
+    #: Inputs of the layer on held-out calibration windows (data-aware candidates only).
+    stats: LayerStats | None = None
 
 
 class Measurement:
@@ -37,6 +43,8 @@ class Measurement:
     name: ClassVar[str]
     version: ClassVar[str] = "0.0.0"
     override: ClassVar[bool] = False
+    #: the figure needs ``context.stats`` (only data-aware candidates have them).
+    needs_stats: ClassVar[bool] = False
 
     def measure(self, context: MeasureContext) -> dict[str, float]:
         raise NotImplementedError

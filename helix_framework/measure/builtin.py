@@ -26,6 +26,7 @@ __all__ = [
     "Icc11PairsMeasurement",
     "Icc31Measurement",
     "Icc31PairsMeasurement",
+    "OutputRelL2Measurement",
     "RelL2Measurement",
     "TokenAgreementMeasurement",
 ]
@@ -175,6 +176,33 @@ class Icc11PairsMeasurement(_PairsIcc):
     form: ClassVar[str] = "1,1"
 
 
+class OutputRelL2Measurement(Measurement):
+    """``output_rel_l2``: relative error of the layer's output,
+    ``||X (W - W_hat)^T|| / ||X W^T||``, with ``X`` the layer's inputs on
+    calibration windows held out from the fit (through their Hessian, exactly).
+    Only data-aware candidates have those inputs; a tensor without them (outside
+    the decoder blocks) gets no figure."""
+
+    name: ClassVar[str] = "output_rel_l2"
+    version: ClassVar[str] = "1.0.0"
+    needs_stats: ClassVar[bool] = True
+
+    def measure(self, context: MeasureContext) -> dict[str, float]:
+        def run() -> dict[str, float]:
+            x, y = _rows(context)
+            if context.stats is None:
+                return {}  # not applicable: a tensor outside the blocks has no layer inputs
+            if context.stats.hessian.shape[0] != x.shape[1]:
+                raise MeasurementError(f"layer inputs have {context.stats.hessian.shape[0]} features, rows {x.shape[1]}")
+            w = x.astype(np.float64)
+            signal = context.stats.output_error(w)
+            if signal <= 0:
+                raise MeasurementError("the layer output on the held-out windows is zero")
+            return {"output_rel_l2": float(np.sqrt(context.stats.output_error(w - y) / signal))}
+
+        return _located(self.name, context, run)
+
+
 class TokenAgreementMeasurement(Measurement):
     """``token_agreement``: a model-level measurement. ``helix calibrate``
     runs it once over the whole compressed model after every tensor is
@@ -198,5 +226,6 @@ BUILTIN_MEASUREMENTS: tuple[Measurement, ...] = (
     Icc11Measurement(),
     Icc31PairsMeasurement(),
     Icc11PairsMeasurement(),
+    OutputRelL2Measurement(),
     TokenAgreementMeasurement(),
 )

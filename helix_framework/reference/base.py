@@ -195,12 +195,17 @@ class ReferenceModel(abc.ABC):
         self.weights: dict[str, np.ndarray] = {}
         self._specs: dict[str, LinearSpec] = {}
         self._linear_overrides: dict[str, LinearFn] = {}
+        #: Called as ``observer(name, x)`` with every linear layer's input
+        #: (the engine collects layer statistics this way); None: nobody listens.
+        self.linear_observer: Callable[[str, np.ndarray], None] | None = None
 
     # -- linear layers ----------------------------------------------------
     def linear(self, name: str, x: np.ndarray) -> np.ndarray:
         """``x [T, in] @ W.T -> [T, out]`` for the layer stored under ``name``
         (the bias, if any, is added by the caller), or the replacement set by
         `set_linear`."""
+        if self.linear_observer is not None:
+            self.linear_observer(name, x)
         fn = self._linear_overrides.get(name)
         if fn is not None:
             y = fn(x)
@@ -225,10 +230,11 @@ class ReferenceModel(abc.ABC):
         return list(self._specs.values())
 
     def _add_linear(self, spec: LinearSpec) -> None:
-        w = self.weights[spec.name]
-        if w.shape != (spec.out_features, spec.in_features):
+        w = self.weights
+        shape = tuple(w.shapes[spec.name]) if isinstance(w, LazyWeights) else w[spec.name].shape
+        if shape != (spec.out_features, spec.in_features):
             raise ReferenceModelError(
-                f"tensor {spec.name!r} has shape {w.shape} after loading; the model needs "
+                f"tensor {spec.name!r} has shape {shape} after loading; the model needs "
                 f"{(spec.out_features, spec.in_features)}"
             )
         self._specs[spec.name] = spec
@@ -267,6 +273,40 @@ def gather_weights(
             )
         out[name] = arr
     return out
+
+
+class LazyWeights(dict):
+    """Weights read on first use and released on request, so a model runs
+    one block at a time with only that block's matrices in memory.
+
+    ``name in weights`` answers from the known shapes, not from what is
+    loaded; `release` drops loaded arrays (they are read again if needed).
+    """
+
+    def __init__(self, shapes: Mapping[str, tuple[int, ...]], provider: WeightProvider,
+                 overrides: Mapping[str, np.ndarray] | None = None):
+        super().__init__()
+        self.shapes = dict(shapes)
+        self._provider = provider
+        self._overrides = overrides
+
+    def __missing__(self, name: str) -> np.ndarray:
+        if name not in self.shapes:
+            raise KeyError(name)
+        arr = gather_weights([name], self._provider, self._overrides, self.shapes)[name]
+        self[name] = arr
+        return arr
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.shapes
+
+    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
+        return self[name] if name in self.shapes else default
+
+    def release(self, names: Iterable[str]) -> None:
+        """Forget the loaded arrays of ``names``."""
+        for name in names:
+            dict.pop(self, name, None)
 
 
 class KVCache:
@@ -399,6 +439,31 @@ class DecoderModel(ReferenceModel):
     @abc.abstractmethod
     def _final(self, h: np.ndarray) -> np.ndarray:
         """Final norm and output head: ``[T, hidden] -> logits [T, vocab]``."""
+
+    # -- block at a time (the engine's steps) ------------------------------
+    def block_tensors(self, layer: int) -> list[str]:
+        """Names of the tensors block ``layer`` reads (subclasses that support
+        block-at-a-time calibration override this)."""
+        raise ReferenceModelError(f"{type(self).__name__} does not list its blocks' tensors")
+
+    def embed_windows(self, ids: np.ndarray) -> np.ndarray:
+        """Embeddings ``[B, T, hidden]`` of independent windows ``ids [B, T]``."""
+        ids = np.asarray(ids, dtype=np.int64)
+        return np.stack([self._embed(as_token_array(row, self.vocab_size), 0) for row in ids])
+
+    def block_windows(self, layer: int, h: np.ndarray) -> np.ndarray:
+        """Block ``layer`` on every window of ``h [B, T, hidden]`` (each
+        window from position 0, its own KV cache); returns the new states."""
+        out = np.empty_like(h)
+        with blas_threads(self.blas_threads):
+            for b in range(h.shape[0]):
+                out[b] = self._block(layer, h[b], 0, self.new_cache())
+        return out
+
+    def head_window(self, h: np.ndarray) -> np.ndarray:
+        """Final norm and head of one window ``h [T, hidden]`` -> logits ``[T, vocab]``."""
+        with blas_threads(self.blas_threads):
+            return self._final(h)
 
     def run(
         self, token_ids: Iterable[int] | np.ndarray, cache: KVCache, *, return_hidden: bool = False

@@ -28,6 +28,7 @@ from helix_framework.reference.base import (
     F32,
     DecoderModel,
     KVCache,
+    LazyWeights,
     LinearSpec,
     ReferenceModelError,
     WeightProvider,
@@ -408,16 +409,36 @@ class LlamaModel(DecoderModel):
         provider: WeightProvider,
         available: set[str],
         overrides: Mapping[str, np.ndarray] | None = None,
+        lazy: bool = False,
     ) -> LlamaModel:
-        """Read every tensor (replacements from ``overrides`` or ``provider``)."""
+        """Read every tensor (replacements from ``overrides`` or ``provider``);
+        ``lazy``: read each on first use instead (see `LazyWeights`)."""
         shapes = cls.tensor_shapes(config, names, available)
         missing = sorted(n for n in shapes if n not in available and not (overrides and n in overrides))
         if missing:
             raise ReferenceModelError(f"{len(missing)} tensor(s) the model needs are missing, e.g. {missing[:3]}")
-        weights = gather_weights(shapes, provider, overrides, shapes)
-        if names.rope_freqs:
-            config = attrs.evolve(config, rope_freq_factors=tuple(float(v) for v in weights.pop(names.rope_freqs)))
+        if lazy:
+            weights: dict[str, np.ndarray] = LazyWeights(shapes, provider, overrides)
+            freqs = weights[names.rope_freqs] if names.rope_freqs else None
+            if names.rope_freqs:
+                del weights.shapes[names.rope_freqs]
+                weights.release([names.rope_freqs])
+        else:
+            weights = gather_weights(shapes, provider, overrides, shapes)
+            freqs = weights.pop(names.rope_freqs) if names.rope_freqs else None
+        if freqs is not None:
+            config = attrs.evolve(config, rope_freq_factors=tuple(float(v) for v in freqs))
         return cls(config, names, weights)
+
+    def block_tensors(self, layer: int) -> list[str]:
+        """Names of the tensors of block ``layer`` (norms, matrices, biases)."""
+        out = []
+        for role, fmt in self.names.layer.items():
+            base = fmt.format(i=layer)
+            for name in (base, base + ".weight", base + ".bias"):
+                if name in self.weights:
+                    out.append(name)
+        return out
 
     # -- DecoderModel ---------------------------------------------------------
     @property

@@ -38,6 +38,7 @@ def load_model(
     weights: Mapping[str, np.ndarray] | None = None,
     *,
     weight_provider: WeightProvider | None = None,
+    lazy: bool = False,
 ) -> DecoderModel | EncoderModel:
     """Build the numpy reference model of a source.
 
@@ -49,6 +50,9 @@ def load_model(
     compressed candidate is built: the same architecture with reconstructed
     matrices. Replace single matrix products afterwards with
     `ReferenceModel.set_linear`.
+
+    ``lazy``: read each tensor on first use and let the caller release it
+    (block-at-a-time calibration; Llama family only).
 
     Returns a `DecoderModel` (Llama family, GPT-2) or an `EncoderModel`
     (BERT); raises `ReferenceModelError` for anything else.
@@ -69,7 +73,7 @@ def load_model(
         if "token_embd.weight" not in available:
             raise ReferenceModelError("GGUF file has no token_embd.weight")
         config, names = llama.config_from_gguf(source.config, available, source.tensor("token_embd.weight").shape)
-        return llama.LlamaModel.build(config, names, provider, available, weights)
+        return llama.LlamaModel.build(config, names, provider, available, weights, lazy=lazy)
     if source.kind != "hf_directory":
         raise ReferenceModelError(
             f"a {source.kind} source has no config; open the model's directory instead (supported: {SUPPORTED})"
@@ -79,7 +83,9 @@ def load_model(
         from helix_framework.reference import llama
 
         config, names = llama.config_from_hf(source.config, available)
-        return llama.LlamaModel.build(config, names, provider, available, weights)
+        return llama.LlamaModel.build(config, names, provider, available, weights, lazy=lazy)
+    if lazy:
+        raise ReferenceModelError(f"model_type {mt!r} has no block-at-a-time (lazy) loading; the Llama family has")
     if mt == "gpt2":
         from helix_framework.reference import gpt2
 
