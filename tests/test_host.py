@@ -12,7 +12,8 @@ BUILTINS = {
     "codec": {"passthrough", "rtn"},
     "rotation": {"identity"},
     "compressor": {"truncate"},
-    "measurement": {"rel_l2", "cosine", "icc_3_1", "icc_1_1", "icc_3_1_pairs", "icc_1_1_pairs", "token_agreement"},
+    "measurement": {"rel_l2", "cosine", "icc_3_1", "icc_1_1", "icc_3_1_pairs", "icc_1_1_pairs", "output_rel_l2",
+                    "token_agreement"},
 }
 
 

@@ -6,11 +6,13 @@ import math
 import subprocess
 import sys
 
+import attrs
 import numpy as np
 import pytest
 
 from helix_framework import testing
 from helix_framework.errors import MeasurementError
+from helix_framework.layer_stats import LayerStats
 from helix_framework.measure import BUILTIN_MEASUREMENTS
 from helix_framework.measure.builtin import MAX_PAIRS
 from helix_framework.measurement import MeasureContext, Measurement
@@ -42,7 +44,7 @@ def two_rater_icc(a, b):
 
 def test_the_builtin_set():
     assert sorted(BY_NAME) == sorted(
-        ["rel_l2", "cosine", "icc_3_1", "icc_1_1", "icc_3_1_pairs", "icc_1_1_pairs", "token_agreement"]
+        ["rel_l2", "cosine", "icc_3_1", "icc_1_1", "icc_3_1_pairs", "icc_1_1_pairs", "output_rel_l2", "token_agreement"]
     )
     for m in BUILTIN_MEASUREMENTS:
         assert isinstance(m, Measurement) and m.version == "1.0.0"
@@ -123,9 +125,13 @@ def test_every_builtin_passes_the_measurement_conformance_helper():
     rng = np.random.default_rng(9)
     x = rng.standard_normal((12, 10)).astype(np.float32)
     y = (x + 0.1 * rng.standard_normal(x.shape)).astype(np.float32)
+    inputs = rng.standard_normal((40, 10))
     for m in BUILTIN_MEASUREMENTS:
         if getattr(m, "scope", "tensor") == "tensor":
-            testing.check_measurement(m, ctx(x, y))
+            context = ctx(x, y)
+            if m.needs_stats:
+                context = attrs.evolve(context, stats=LayerStats(inputs.T @ inputs, 40))
+            testing.check_measurement(m, context)
 
 
 def test_token_agreement_has_no_per_tensor_figure():

@@ -194,11 +194,17 @@ class OutputRelL2Measurement(Measurement):
                 return {}  # not applicable: a tensor outside the blocks has no layer inputs
             if context.stats.hessian.shape[0] != x.shape[1]:
                 raise MeasurementError(f"layer inputs have {context.stats.hessian.shape[0]} features, rows {x.shape[1]}")
-            w = x.astype(np.float64)
-            signal = context.stats.output_error(w)
+            # trace(D H D^T) as float32 BLAS products, summed in float64: a
+            # three-operand einsum loops in C, and float64 products cost twice
+            # as much for a figure reported to a few digits.
+            h = context.stats.hessian.astype(np.float32)
+            w = np.asarray(x, dtype=np.float32)
+            d = w - np.asarray(y, dtype=np.float32)
+            signal = float(np.sum((w @ h) * w, dtype=np.float64))
             if signal <= 0:
                 raise MeasurementError("the layer output on the held-out windows is zero")
-            return {"output_rel_l2": float(np.sqrt(context.stats.output_error(w - y) / signal))}
+            error = float(np.sum((d @ h) * d, dtype=np.float64))
+            return {"output_rel_l2": float(np.sqrt(max(error, 0.0) / signal))}
 
         return _located(self.name, context, run)
 
