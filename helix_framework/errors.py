@@ -102,3 +102,12 @@ class SourceError(HelixError):
 
 class MeasurementError(HelixError):
     """A measurement cannot be computed on this input (never a placeholder)."""
+
+
+class ErrorFeedbackError(HelixError):
+    """Error feedback cannot run on a tensor, or a codec broke its promise
+    (encode of the quantized columns did not reproduce them); ``codec`` names it."""
+
+    def __init__(self, message: str, *, codec: str | None = None):
+        self.codec = codec
+        super().__init__(message)
