@@ -119,3 +119,12 @@ class LayerInputError(HelixError):
     def __init__(self, message: str, *, layer: str):
         self.layer = layer
         super().__init__(f"layer {layer!r}: {message}")
+
+
+class ErrorFeedbackError(HelixError):
+    """Error feedback cannot run on a tensor, or a codec broke its promise
+    (encode of the quantized columns did not reproduce them); ``codec`` names it."""
+
+    def __init__(self, message: str, *, codec: str | None = None):
+        self.codec = codec
+        super().__init__(message)
