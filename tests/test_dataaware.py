@@ -324,3 +324,17 @@ def test_interrupted_data_aware_run_keeps_the_old_result(tmp_path, host, tiny, m
     with pytest.raises(KeyboardInterrupt):
         calibrate(tiny, candidate(host, calibration={"sequences": 5, "tokens": 40, "held_out": 0.2}), out, host=host)
     assert (out / artifacts.MANIFEST).read_bytes() == before and artifacts.verify(out) == []
+
+
+@pytest.mark.slow
+def test_cli_bad_calibration_text_is_one_line_exit_2(tmp_path):
+    from helix_test_support import run_helix
+
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes(b"caf\xe9 " * 100)
+    config = tmp_path / "c.yaml"
+    config.write_text(f"name: c\ncodec: rtn\nparams: {{bits: 4, group_size: 128}}\n"
+                      f"calibration: {{text: {latin}, sequences: 2, tokens: 64}}\n")
+    proc = run_helix(["calibrate", "smollm2", "--config", str(config), "--out", str(tmp_path / "out")])
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert f"{latin}: not UTF-8 text" in proc.stderr and not (tmp_path / "out" / "manifest.json").exists()
