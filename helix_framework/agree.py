@@ -26,7 +26,7 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import attrs
 import numpy as np
@@ -35,7 +35,7 @@ from helix_framework import artifacts
 from helix_framework.calibrate import fit_reconstruct, reconstruct, resolve, route_and_read, split_rows, tensor_rng
 from helix_framework.config import CandidateConfig, canonical_json
 from helix_framework.errors import HelixError
-from helix_framework.measure.agreement import MIN_POSITIONS, AgreementAccumulator
+from helix_framework.measure.agreement import MIN_POSITIONS, AgreementAccumulator, ReferenceChunk
 from helix_framework.prompts import Prompt, load_prompts
 from helix_framework.sources import ModelSource
 
@@ -174,8 +174,12 @@ def _cache_key(source: ModelSource, prompts: list[Prompt], positions: int, windo
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
 
 
-def reference_outputs(model: Any, source: ModelSource, windows: list[Window], key: str) -> tuple[np.ndarray, np.ndarray]:
-    """Reference logits [N, vocab] and hidden states [layers+1, N, hidden], cached on disk."""
+def reference_outputs(
+    build_model: Callable[[], Any], source: ModelSource, windows: list[Window], key: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Reference logits [N, vocab] and hidden states [layers+1, N, hidden], cached
+    on disk; ``build_model`` is only called on a cache miss (the reference model
+    costs as much memory as the candidate)."""
     directory = cache_root() / "reference" / key
     logits_path, hidden_path = directory / "logits.npy", directory / "hidden.npy"
     if logits_path.is_file() and hidden_path.is_file():
@@ -184,6 +188,7 @@ def reference_outputs(model: Any, source: ModelSource, windows: list[Window], ke
         except (ValueError, OSError) as exc:
             log.warning("reference cache %s unreadable (%s); recomputing", directory, exc)
     logits, hidden = [], []
+    model = build_model()
     for w in windows:
         lg, hd = model.forward(w.ids, return_hidden=True)
         logits.append(lg)
@@ -239,19 +244,18 @@ def agree(
     t0 = time.perf_counter()
     source = source or open_source(resolve_model(model_path))
     prompts = load_prompts(prompts_dir)
-    reference = load_model(source)
     candidate = load_model(source, weights=weights)
     for name, fn in (linears or {}).items():
         candidate.set_linear(name, fn)
     engine = "adc" if linears else "dense"
     tokenizer = load_tokenizer(source)
     t1 = time.perf_counter()
-    if not isinstance(reference, DecoderModel):
-        result = _embedding_agreement(reference, candidate, tokenizer, prompts)
+    if not isinstance(candidate, DecoderModel):
+        result = _embedding_agreement(load_model(source), candidate, tokenizer, prompts)
         return AgreeReport(result, str(model_path), candidate_name, engine, [p.to_json() for p in prompts], 0,
                            {"load": t1 - t0, "run": time.perf_counter() - t1})
     windows = token_windows(tokenizer, prompts, positions, window)
-    ref_logits, ref_hidden = reference_outputs(reference, source, windows, _cache_key(source, prompts, positions, window))
+    ref_logits, ref_hidden = reference_outputs(lambda: load_model(source), source, windows, _cache_key(source, prompts, positions, window))
     t2 = time.perf_counter()
     acc = AgreementAccumulator()
     err = np.zeros(ref_hidden.shape[0])
@@ -260,7 +264,7 @@ def agree(
     for w in windows:
         logits, hidden = candidate.forward(w.ids, return_hidden=True)
         span = slice(offset, offset + w.ids.size)
-        acc.add(np.asarray(ref_logits[span]), logits, w.next_ids, np.arange(span.start, span.stop))
+        acc.add(ReferenceChunk.from_logits(ref_logits[span]), logits, w.next_ids, np.arange(span.start, span.stop))
         ref_h = np.asarray(ref_hidden[:, span], dtype=np.float64)
         err += ((np.stack(hidden).astype(np.float64) - ref_h) ** 2).sum(axis=(1, 2))
         norm += (ref_h**2).sum(axis=(1, 2))

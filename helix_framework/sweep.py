@@ -718,7 +718,7 @@ def _warm_reference(model: Path, settings: AgreementSettings) -> None:
         key = agree_mod._cache_key(source, prompts, settings.positions, settings.window)
         t0 = time.perf_counter()
         with contextlib.suppress(Exception):
-            agree_mod.reference_outputs(reference, source, windows, key)
+            agree_mod.reference_outputs(lambda: reference, source, windows, key)
         log.info("reference logits ready in %.1f s", time.perf_counter() - t0)
 
 
