@@ -185,7 +185,9 @@ def _first_error(exc: BaseException, path: str) -> tuple[str, str]:
     if isinstance(exc, ConfigError):
         return path + exc.path[1:], exc.message
     if isinstance(exc, KeyError) and not isinstance(exc, HelixError):
-        return f"{path}.{exc.args[0]}", "required key is missing"
+        # cattrs' note already named the field: "$.name", not "$.name.name"
+        key = f".{exc.args[0]}"
+        return (path if path.endswith(key) else path + key), "required key is missing"
     message = str(exc)
     m = re.match(r"^'(\w+)' (.*)$", message)  # attrs' own validators: "'x' must be >= 1: 0"
     if m:

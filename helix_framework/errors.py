@@ -65,11 +65,16 @@ class DuplicateNameError(PluginError):
 class UnknownNameError(HelixError, KeyError):
     """No component of that kind and name is installed."""
 
-    def __init__(self, kind: str, name: str, suggestions: list[str], installed: list[str]):
+    def __init__(
+        self, kind: str, name: str, suggestions: list[str], installed: list[str], failed_plugins: list[str] | None = None
+    ):
         self.kind = kind
         self.name = name
         self.suggestions = suggestions
         self.installed = installed
+        #: "plugin (distribution): error" of every plugin that failed to load,
+        #: since the component asked for may be one of theirs.
+        self.failed_plugins = list(failed_plugins or [])
         super().__init__(str(self))
 
     def __str__(self) -> str:
@@ -77,6 +82,8 @@ class UnknownNameError(HelixError, KeyError):
         if self.suggestions:
             msg += f"; did you mean {', '.join(repr(s) for s in self.suggestions)}?"
         msg += f" (installed: {', '.join(self.installed) or 'none'})"
+        if self.failed_plugins:
+            msg += f"; plugins that failed to load, which may provide it: {'; '.join(self.failed_plugins)}"
         return msg
 
 

@@ -46,6 +46,10 @@ __all__ = ["CampqCodec", "subspace_widths"]
 _F16_MAX = float(np.finfo(np.float16).max)
 
 
+#: ``subspace_dim`` when a config gives neither it nor ``subspaces``.
+DEFAULT_SUBSPACE_DIM = 8
+
+
 def subspace_widths(params: CampqParams, row_dim: int) -> tuple[int, ...]:
     """The subspace widths of a row of ``row_dim`` weights under ``params``.
 
@@ -72,7 +76,7 @@ def subspace_widths(params: CampqParams, row_dim: int) -> tuple[int, ...]:
                 path="$.params.subspaces",
             )
         return widths
-    w = int(params.subspace_dim)
+    w = int(params.subspace_dim or DEFAULT_SUBSPACE_DIM)
     if w > d:
         raise ConfigError(f"subspace_dim {w} exceeds the row width {d}", path="$.params.subspace_dim")
     full, rest = divmod(d, w)
