@@ -101,39 +101,37 @@ def weights_from_config(source: ModelSource, candidate: CandidateConfig, host: A
 
 def adc_linears(directory: str | Path, host: Any) -> dict[str, Any]:
     """Per compressed matrix, ``fn(x [T, in]) -> y [T, out]`` computed by the
-    jit ``adc_matvec`` kernel straight from the codes, with the candidate's
-    distance mode (lookup tables in uint8 or int8) and lane width.
+    codec's ``matmul`` straight from the codes (a codec declares it with
+    ``compressed_matmul = True``), with the candidate's own params.
 
     A row rotation Q (rows stored as w Q) is applied to x instead:
     (w Q) . (x Q) = w . x for orthonormal Q.
     """
-    import helix_jit
-
     from helix_framework.calibrate import split_arrays
     from helix_framework.codec import CodecState, Codes
+    from helix_framework.config import structure
     from helix_framework.rotation import RotationState
 
     directory = Path(directory)
     manifest = artifacts.read_manifest(directory)
-    codec = host.codec(manifest["codec"]["name"])
-    if not hasattr(codec, "adc_operands"):
-        raise AgreementError(f"--engine adc needs a codec with adc_operands; {manifest['codec']['name']!r} has none")
+    name = manifest["codec"]["name"]
+    codec = host.codec(name)
+    if not codec.compressed_matmul:
+        raise AgreementError(f"--engine adc needs a codec that multiplies from its codes (compressed_matmul); {name!r} does not")
     rotation = host.rotation(manifest["rotation"]["name"])
-    params = manifest["config"]["params"]
-    mode, lane = params.get("distance", "adc_u8"), params.get("lane_width", "F32x16")
+    params = structure(manifest["config"]["params"], codec.Params, path="$.config.params")
     out = {}
     for e in manifest["tensors"]:
         if e["route"] != "codec" or e.get("reshape"):
             continue
         code_arrays, state_arrays, rot_arrays = split_arrays(artifacts.read_safetensors(directory / e["files"][0]["file"]))
         meta = e["codec_meta"]
-        operands = codec.adc_operands(CodecState(state_arrays, meta["state"]), Codes(code_arrays, meta["codes"]))
+        state, codes = CodecState(state_arrays, meta["state"]), Codes(code_arrays, meta["codes"])
         rot_state = RotationState(rot_arrays, e["rotation_meta"])
 
-        def fn(x: np.ndarray, _ops: tuple = operands, _rot: Any = rot_state) -> np.ndarray:
+        def fn(x: np.ndarray, _state: Any = state, _codes: Any = codes, _rot: Any = rot_state) -> np.ndarray:
             xr = np.ascontiguousarray(rotation.apply(_rot, np.asarray(x, np.float32)).T)
-            y = helix_jit.adc_matvec(_ops[0], _ops[1], xr, mode, lane, row_scale=_ops[2])
-            return np.ascontiguousarray(y.T)
+            return np.ascontiguousarray(codec.matmul(_state, _codes, xr, params).T)
 
         out[e["name"]] = fn
     return out

@@ -133,6 +133,7 @@ class CampqCodec(Codec):
 
     name: ClassVar[str] = "campq"
     version: ClassVar[str] = __version__
+    compressed_matmul: ClassVar[bool] = True
     Params: ClassVar[type] = CampqParams
 
     def validate(self, params: CampqParams) -> None:
@@ -291,14 +292,15 @@ class CampqCodec(Codec):
             out *= np.asarray(codes.arrays["row_scale"]).astype(np.float32)[:, None]
         return out
 
-    def adc_operands(self, state: CodecState, codes: Codes) -> tuple[list, list, np.ndarray | None]:
-        """What `helix_jit.adc_matvec` needs to multiply by the encoded matrix
-        without decoding it: codes per stage, codebooks per stage and subspace,
-        and the per-row scales (or None)."""
+    def matmul(self, state: CodecState, codes: Codes, x: np.ndarray, params: Any) -> np.ndarray:
+        """The encoded matrix times ``x`` [row_dim, T] through `helix_jit.adc_matvec`:
+        per subspace, a lookup table of codeword . x (quantized to uint8 or int8
+        per ``params.distance``), summed over stages and scaled per row."""
         cbs = self._stage_codebooks(state)
         stage_codes = [np.ascontiguousarray(codes.arrays[f"stage{s}"]) for s in range(len(cbs))]
         scale = np.asarray(codes.arrays["row_scale"]).astype(np.float32) if state.meta["row_scale"] else None
-        return stage_codes, cbs, scale
+        xt = np.ascontiguousarray(x, dtype=np.float32)
+        return helix_jit.adc_matvec(stage_codes, cbs, xt, params.distance, params.lane_width, row_scale=scale)
 
     # -- bits -------------------------------------------------------------------
 
