@@ -35,7 +35,7 @@ from helix_framework import artifacts
 from helix_framework.calibrate import fit_reconstruct, reconstruct, resolve, route_and_read, split_rows, tensor_rng
 from helix_framework.config import CandidateConfig, canonical_json
 from helix_framework.errors import HelixError
-from helix_framework.measure.agreement import MIN_POSITIONS, AgreementAccumulator, ReferenceChunk
+from helix_framework.measure.agreement import MIN_POSITIONS, AgreementAccumulator
 from helix_framework.prompts import Prompt, load_prompts
 from helix_framework.sources import ModelSource
 
@@ -172,9 +172,37 @@ def _cache_key(source: ModelSource, prompts: list[Prompt], positions: int, windo
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
 
 
+class NpySlices:
+    """Slices of a cached .npy array along one axis, read with plain file reads.
+
+    A memory map would do, but every page it touches stays in the process's
+    resident set: reading the 400 MB of SmolLM2's reference logits through one
+    made ``helix agree`` peak 0.5 GB higher than the slices it needs at a time.
+    """
+
+    def __init__(self, path: Path):
+        mm = np.load(path, mmap_mode="r")
+        if not mm.flags.c_contiguous:
+            raise ValueError(f"{path}: not a C-ordered array")
+        self.path, self.shape, self.dtype, self._offset = path, mm.shape, mm.dtype, mm.offset
+        del mm
+
+    def rows(self, start: int, stop: int, axis: int = 0) -> np.ndarray:
+        """``array[start:stop]`` (axis 0) or ``array[:, start:stop]`` (axis 1)."""
+        inner = int(np.prod(self.shape[axis + 1:], dtype=np.int64))
+        outer = int(np.prod(self.shape[:axis], dtype=np.int64))
+        n = stop - start
+        out = np.empty((outer, n * inner), self.dtype)
+        with open(self.path, "rb") as f:
+            for o in range(outer):
+                f.seek(self._offset + (o * self.shape[axis] + start) * inner * self.dtype.itemsize)
+                f.readinto(memoryview(out[o]).cast("B"))
+        return out.reshape(*self.shape[:axis], n, *self.shape[axis + 1:])
+
+
 def reference_outputs(
     build_model: Callable[[], Any], source: ModelSource, windows: list[Window], key: str
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[NpySlices, NpySlices]:
     """Reference logits [N, vocab] and hidden states [layers+1, N, hidden], cached
     on disk; ``build_model`` is only called on a cache miss (the reference model
     costs as much memory as the candidate)."""
@@ -182,7 +210,7 @@ def reference_outputs(
     logits_path, hidden_path = directory / "logits.npy", directory / "hidden.npy"
     if logits_path.is_file() and hidden_path.is_file():
         try:
-            return np.load(logits_path, mmap_mode="r"), np.load(hidden_path, mmap_mode="r")
+            return NpySlices(logits_path), NpySlices(hidden_path)
         except (ValueError, OSError) as exc:
             log.warning("reference cache %s unreadable (%s); recomputing", directory, exc)
     logits, hidden = [], []
@@ -199,7 +227,8 @@ def reference_outputs(
         np.save(tmp, array)
         os.replace(tmp, path)
     (directory / "meta.json").write_text(json.dumps({"source": str(source.path), "windows": len(windows)}))
-    return all_logits, all_hidden
+    del all_logits, all_hidden
+    return NpySlices(logits_path), NpySlices(hidden_path)
 
 
 # -- agreement -----------------------------------------------------------------
@@ -262,8 +291,8 @@ def agree(
     for w in windows:
         logits, hidden = candidate.forward(w.ids, return_hidden=True)
         span = slice(offset, offset + w.ids.size)
-        acc.add(ReferenceChunk.from_logits(ref_logits[span]), logits, w.next_ids, np.arange(span.start, span.stop))
-        ref_h = np.asarray(ref_hidden[:, span], dtype=np.float64)
+        acc.add(ref_logits.rows(span.start, span.stop), logits, w.next_ids, np.arange(span.start, span.stop))
+        ref_h = ref_hidden.rows(span.start, span.stop, axis=1).astype(np.float64)
         err += ((np.stack(hidden).astype(np.float64) - ref_h) ** 2).sum(axis=(1, 2))
         norm += (ref_h**2).sum(axis=(1, 2))
         offset += w.ids.size

@@ -104,3 +104,14 @@ def test_user_prompts(tmp_path):
     assert [p.text for p in load_prompts(tmp_path)] == ["first", "second"]
     with pytest.raises(Exception, match="no \\*.txt prompt files"):
         load_prompts(tmp_path / "missing")
+
+
+def test_npy_slices_read_what_a_memory_map_would(tmp_path):
+    from helix_framework.agree import NpySlices
+
+    a = np.random.default_rng(0).standard_normal((3, 50, 7)).astype(np.float32)
+    np.save(tmp_path / "a.npy", a)
+    s = NpySlices(tmp_path / "a.npy")
+    assert np.array_equal(s.rows(1, 2), a[1:2])
+    assert np.array_equal(s.rows(10, 37, axis=1), a[:, 10:37])
+    assert np.array_equal(s.rows(0, 50, axis=1), a)

@@ -31,6 +31,8 @@ from helix_framework.measure.stats import wilson_interval
 GATE_TOP1 = 0.99
 GATE_TOP5 = 0.999
 MIN_POSITIONS = 2000
+#: positions handled at once by `AgreementAccumulator.add` (memory, not numerics)
+CHUNK = 128
 
 
 @attrs.frozen
@@ -110,6 +112,12 @@ class AgreementAccumulator:
 
         Top-5: the reference's top-1 token is in the candidate's top five when
         fewer than five tokens have a strictly higher candidate logit."""
+        if not isinstance(ref, ReferenceChunk) and len(ref) > CHUNK:
+            # bounded temporaries: a few [CHUNK, V] float32 arrays at a time
+            for i in range(0, len(ref), CHUNK):
+                s = slice(i, i + CHUNK)
+                self.add(ref[s], cand_logits[s], next_tokens[s], positions[s])
+            return
         ref = ref if isinstance(ref, ReferenceChunk) else ReferenceChunk.from_logits(ref)
         cand = np.asarray(cand_logits, dtype=np.float32)
         if ref.logits.shape != cand.shape:
