@@ -64,8 +64,9 @@ import attrs
 from helix_framework.config import (
     RowsConfig,
     canonical_json,
+    YamlDocument,
     candidate_from_mapping,
-    load_yaml,
+    read_config_file,
     structure,
 )
 from helix_framework.errors import ConfigError, HelixError
@@ -143,16 +144,13 @@ class SweepSpec:
 
 def load_sweep(path: str | Path, host: Any = None) -> SweepSpec:
     """Read and check a sweep file (shape, axis names, cardinality)."""
-    path = Path(path)
+    return sweep_from_document(read_config_file(path), host)
+
+
+def sweep_from_document(doc: YamlDocument, host: Any = None) -> SweepSpec:
+    """Check a sweep read by `read_config_file`; errors carry its lines."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError("no such file", file=str(path)) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read: {exc}", file=str(path)) from None
-    doc = load_yaml(text, str(path))
-    try:
-        return attrs.evolve(sweep_from_mapping(doc.data, host), source=str(path))
+        return attrs.evolve(sweep_from_mapping(doc.data, host), source=doc.file)
     except ConfigError as exc:
         raise doc.error(exc) from None
 

@@ -158,8 +158,8 @@ def test_helix_check_exit_codes(tmp_path):
     assert proc.returncode == 0 and "ok" in proc.stdout
     proc = run_helix(["check", str(good), str(bad), str(good)])
     assert proc.returncode == 2
-    assert proc.stdout.count("ok") == 1  # stops at the first bad file
-    assert proc.stderr == f"helix: error: {bad}:4: $.params.subspaces: must be >= 1, got 0\n"
+    assert proc.stdout.count("ok  ") == 2  # every file is reported, the bad one on stderr
+    assert proc.stderr == f"helix: error: {bad}:4: $.params.subspaces: must be >= 1, got 0\nhelix: 1 of 3 files failed\n"
 
 
 # -- kernel signature --------------------------------------------------------
