@@ -59,8 +59,9 @@ def test_conformance(params):
 
 
 def test_validate_names_the_key():
-    with pytest.raises(ConfigError, match="exactly one"):
+    with pytest.raises(ConfigError, match="not both") as info:
         CODEC.validate(CampqParams(subspaces=4, subspace_dim=8))
+    assert info.value.path == "$.subspaces"
 
 
 # -- subspace layout -----------------------------------------------------------------
