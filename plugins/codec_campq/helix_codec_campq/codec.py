@@ -11,7 +11,8 @@ the largest one. Encode and decode run the ``helix_jit`` kernels
 (``pq_assign``, ``pq_decode``) at ``params.lane_width``, so
 ``HELIX_JIT_DISABLE=1`` switches them to their numpy references.
 
-The mistakes of the system this comes from (REFERENCE.md section 1) are
+The mistakes of the system this comes from (a CAM-PQ lab whose ICC was
+measured on its own training rows) are
 refused here: fewer than 39 training vectors per centroid raises
 `CentroidStarved` unless ``allow_starved`` (then the tensor is flagged
 ``starved``); a codebook with fewer distinct training vectors than K holds

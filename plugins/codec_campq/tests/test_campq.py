@@ -241,7 +241,7 @@ def test_jit_and_numpy_reference_agree(monkeypatch):
 
 
 def test_pq8x8_on_gaussian_matches_the_published_figure():
-    # REFERENCE.md section 3: PQ8x8 on i.i.d. N(0,1), d=128: relative MSE 0.583 (FAISS).
+    # FAISS ProductQuantizer 8x8 on i.i.d. N(0,1), d=128: relative MSE 0.583, measured on this machine.
     x = normal(10500, 128, seed=9)
     params = CampqParams(subspaces=8, centroids=256, max_iter=15)
     state, _, y = round_trip(params, x[:10000], x[10000:])
