@@ -114,14 +114,14 @@ class _ignoring_missing:
 def rebuild_problem(dtype: str, shape: Any) -> str | None:
     """Why `decode` could not rebuild a tensor of this dtype and shape bit-exactly, or None."""
     if len(shape) > 64:
-        return f"{len(shape)} dimensions (decode handles at most 64)"
+        return f"{len(shape)} dimensions (at most 64)"
     itemsize = _ITEMSIZE.get(dtype)
     if itemsize is None:
         if not _dequantizable(dtype):
-            return f"dtype {dtype!r} cannot be written back by decode"
+            return f"dtype {dtype!r} is neither a safetensors dtype nor a GGML type with a dequantizer"
         itemsize = 4  # dequantized to F32
     if any(d >= 2**63 for d in shape) or math.prod(max(d, 1) for d in shape) * itemsize >= 2**63:
-        return f"shape {list(shape)} is beyond what decode can address"
+        return f"shape {_short(list(shape))} has more elements than an array can address"
     return None
 
 
@@ -236,21 +236,31 @@ def write_safetensors_stream(
 
 
 def read_safetensors(path: Path) -> dict[str, np.ndarray]:
-    """Read every array of an artifact file (memory-mapped, read-only)."""
-    data = np.memmap(path, dtype=np.uint8, mode="r")
-    if data.size < 8:
+    """Read every array of an artifact file (memory-mapped, read-only).
+
+    A file that does not parse is an `ArtifactError` naming it (artifacts
+    come from a manifest that may have been edited)."""
+    try:
+        return _read_safetensors(path)
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+        why = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc)[:200]
+        raise ArtifactError(f"{path}: bad safetensors file: {why}") from None
+
+
+def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
+    if os.path.getsize(path) < 8:
         raise ArtifactError(f"{path}: truncated safetensors file")
+    data = np.memmap(path, dtype=np.uint8, mode="r")
     n = int.from_bytes(bytes(data[:8]), "little")
     if n > data.size - 8:
         raise ArtifactError(f"{path}: header length {n} beyond the file")
-    try:
-        header = json.loads(bytes(data[8 : 8 + n]))
-    except ValueError as exc:
-        raise ArtifactError(f"{path}: bad safetensors header: {exc}") from None
+    header = json.loads(bytes(data[8 : 8 + n]))
     header.pop("__metadata__", None)
     out = {}
     for name, spec in header.items():
         start, end = spec["data_offsets"]
+        if not 0 <= start <= end <= data.size - 8 - n:
+            raise ValueError(f"tensor {name!r}: data_offsets {[start, end]} outside the data")
         dtype = _SAFETENSORS_TO_NUMPY.get(spec["dtype"])
         view = data[8 + n + start : 8 + n + end]
         out[name] = view.view(dtype).reshape(spec["shape"]) if dtype is not None else view
@@ -372,7 +382,7 @@ def check_manifest(manifest: Any, path: Path | str = MANIFEST) -> None:
         for j, d in enumerate(shape):
             integer(d, f"{at}.shape[{j}]")
         if (problem := rebuild_problem("F32" if entry["route"] == "codec" else dtype, shape)) is not None:
-            raise fail(f"{at}", f"tensor {name!r}: {problem}")
+            raise fail(at, f"tensor {name!r}: {problem}; decode cannot rebuild it")
         files = entry.get("files")
         if not isinstance(files, list) or not files:
             raise fail(f"{at}.files", "expected a non-empty list")

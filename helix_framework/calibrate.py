@@ -304,7 +304,8 @@ def calibrate(
     with open_source(model) as source:
         for info in source.tensors():
             if (problem := artifacts.rebuild_problem(info.dtype, info.shape)) is not None:
-                raise CalibrationError(f"tensor {info.name!r}: {problem}; refused, decode could not rebuild it")
+                raise CalibrationError(f"tensor {info.name!r}: {problem}; decode could not rebuild it, "
+                                       "so it is refused")
         created = _make_output_dir(out)
         try:
             with outlock.hold(out, "calibrate"):
@@ -345,6 +346,9 @@ def _calibrate_locked(source: ModelSource, model: Path, candidate: CandidateConf
                       tensors: str | None, selector: Any, host: Any, progress: bool,
                       started: float) -> CalibrationSummary:
     tensor_dir = out / artifacts.TENSOR_DIR
+    if tensor_dir.is_symlink() or (tensor_dir.exists() and not tensor_dir.is_dir()):
+        raise OutputError(f"{artifacts.TENSOR_DIR} is a link or not a directory: artifacts are written inside "
+                          "the output directory only", path=str(out))
     for d in (out, tensor_dir):
         artifacts.clean_temporaries(d)
     old = _previous_manifest(out)
@@ -621,6 +625,15 @@ def decode(directory: str | Path, out_file: str | Path, host: Any = None, progre
         raise artifacts.ArtifactError(f"{directory}: artifacts do not match the manifest: {problems[0]}")
 
     def produce(entry: dict[str, Any]) -> Any:
+        try:
+            return rebuild(entry)
+        except artifacts.ArtifactError as exc:
+            raise artifacts.ArtifactError(f"tensor {entry['name']!r}: {exc}") from None
+        except (ValueError, TypeError, KeyError, IndexError) as exc:  # artifacts disagreeing with their entry
+            raise artifacts.ArtifactError(f"{directory}: tensor {entry['name']!r}: cannot rebuild it from its "
+                                          f"artifact: {str(exc)[:200]}") from None
+
+    def rebuild(entry: dict[str, Any]) -> Any:
         if entry["route"] == "codec":
             return reconstruct(entry, directory, host, manifest)
         arrays = artifacts.read_safetensors(directory / entry["files"][0]["file"])
