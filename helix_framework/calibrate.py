@@ -680,11 +680,10 @@ def _check_decode_target(directory: Path, out_file: Path, manifest: dict[str, An
         raise refuse(f"it is a file of the calibration output {directory} itself")
     source = Path(manifest["source"]["path"])
     if manifest["source"]["kind"] == "hf_directory":
-        hit = target.is_relative_to(source.resolve())
-    else:
-        hit = target == source.resolve() or _same_file(out_file, source)
-    if hit:
-        raise refuse(f"it would overwrite the source model {source}")
+        if target.is_relative_to(source.resolve()):
+            raise refuse(f"it is inside the source model directory {source}")
+    elif target == source.resolve() or _same_file(out_file, source):
+        raise refuse(f"it is the source model {source}")
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -709,9 +708,12 @@ def _side_files(manifest: dict[str, Any]) -> list[tuple[str, Path]]:
     found = []
     for name in names:
         path = src / name
-        if not os.path.lexists(path):
+        try:
+            real = path.resolve(strict=True)
+        except (OSError, RuntimeError):  # absent, a dangling link or a link loop: nothing to copy
+            if os.path.lexists(path):
+                log.warning("%s: side file cannot be resolved; not copied", path)
             continue
-        real = path.resolve()
         if not any(real.is_relative_to(root) for root in roots):
             raise artifacts.ArtifactError(f"{path}: side file resolves to {real}, outside the source directory; "
                                           "refused")

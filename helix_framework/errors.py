@@ -119,6 +119,7 @@ class OutputError(HelixError):
 
         reason = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
                   errno.EROFS: "read-only file system", errno.ENOTDIR: "a parent of it is not a directory",
+                  errno.EEXIST: "a parent of it is not a directory",
                   errno.EACCES: "permission denied"}.get(exc.errno or 0, exc.strerror or str(exc))
         return cls(f"{what}: {reason}", path=str(path))
 
