@@ -21,6 +21,7 @@ is never copied into a second full buffer.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -94,7 +95,7 @@ def _mkstemp(directory: Path, suffix: str) -> tuple[int, str]:
 def clean_temporaries(directory: Path) -> int:
     """Remove this tool's temporaries in ``directory`` whose process has died."""
     removed = 0
-    with _ignoring_missing():
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
         for path in Path(directory).iterdir():
             m = _TMP_NAME.match(path.name)
             if m and not pid_alive(int(m.group(1))) and not path.is_symlink() and path.is_file():
@@ -103,12 +104,18 @@ def clean_temporaries(directory: Path) -> int:
     return removed
 
 
-class _ignoring_missing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: Any, exc: Any, tb: Any) -> bool:
-        return kind is not None and issubclass(kind, (FileNotFoundError, NotADirectoryError))
+def make_output_dir(path: Path, what: str = "") -> bool:
+    """Create the output directory ``path`` (and its parents); True when it
+    did not exist before. A path that is a file, lies under one, or cannot be
+    created is one `OutputError`."""
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"exists and is not a directory{what}", path=str(path))
+    existed = path.is_dir()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError.from_oserror(path, exc) from None
+    return not existed
 
 
 def rebuild_problem(dtype: str, shape: Any) -> str | None:

@@ -306,7 +306,7 @@ def calibrate(
             if (problem := artifacts.rebuild_problem(info.dtype, info.shape)) is not None:
                 raise CalibrationError(f"tensor {info.name!r}: {problem}; decode could not rebuild it, "
                                        "so it is refused")
-        created = _make_output_dir(out)
+        created = artifacts.make_output_dir(out)
         try:
             with outlock.hold(out, "calibrate"):
                 return _calibrate_locked(source, model, candidate, comp, out, tensors, selector, host, progress,
@@ -317,18 +317,6 @@ def calibrate(
                     with contextlib.suppress(OSError):
                         d.rmdir()
             raise
-
-
-def _make_output_dir(out: Path) -> bool:
-    """Create ``out`` (a directory); True when it did not exist before."""
-    if out.exists() and not out.is_dir():
-        raise OutputError("exists and is not a directory", path=str(out))
-    existed = out.is_dir()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError.from_oserror(out, exc) from None
-    return not existed
 
 
 def _previous_manifest(out: Path) -> dict[str, Any] | None:
@@ -645,10 +633,7 @@ def decode(directory: str | Path, out_file: str | Path, host: Any = None, progre
 
     specs = [(e["name"], _out_dtype(e), e["shape"]) for e in manifest["tensors"]]
     entries = {e["name"]: e for e in manifest["tensors"]}
-    try:
-        out_file.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError.from_oserror(out_file.parent, exc) from None
+    artifacts.make_output_dir(out_file.parent)
     artifacts.clean_temporaries(out_file.parent)
     artifacts.write_safetensors_stream(
         out_file, specs, lambda name: produce(entries[name]),

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from helix_framework import outlock
-from helix_framework.errors import OutputError
+from helix_framework.artifacts import make_output_dir
 
 log = logging.getLogger(__name__)
 
@@ -96,13 +96,7 @@ class ResultsDB:
         import lancedb
 
         self.directory = Path(directory)
-        if self.directory.exists() and not self.directory.is_dir():
-            raise OutputError("exists and is not a directory (a sweep --db is a directory of tables)",
-                              path=str(self.directory))
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise OutputError.from_oserror(self.directory, exc) from None
+        make_output_dir(self.directory, " (a sweep --db is a directory of tables)")
         self._db = lancedb.connect(str(self.directory))
 
     @classmethod
