@@ -4,6 +4,8 @@ into one line and an exit code."""
 
 from __future__ import annotations
 
+import errno
+
 
 class HelixError(Exception):
     """Base class of every error meant for a user."""
@@ -115,8 +117,6 @@ class OutputError(HelixError):
     @classmethod
     def from_oserror(cls, path: object, exc: OSError, what: str = "cannot write") -> OutputError:
         """``<path>: <what>: <reason>`` for an OSError met writing ``path``."""
-        import errno
-
         reason = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
                   errno.EROFS: "read-only file system", errno.ENOTDIR: "a parent of it is not a directory",
                   errno.EEXIST: "a parent of it is not a directory",

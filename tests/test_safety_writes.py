@@ -19,7 +19,7 @@ import sys
 
 import numpy as np
 import pytest
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 
 from helix_test_support import ROOT, TESTS
 from helix_framework import artifacts
@@ -456,8 +456,9 @@ def test_artifacts_that_disagree_with_their_entry_are_one_line(tmp_path, capsys,
     name, sha = f"tensors/evil-{hashlib.sha256(raw.read_bytes()).hexdigest()[:16]}.safetensors", \
         hashlib.sha256(raw.read_bytes()).hexdigest()
     shutil.move(raw, out / name)
+    evil = [{"file": name, "sha256": sha, "bytes": 40}]
     for change in (lambda m: _entry(m, "passthrough").__setitem__("shape", [3, 5]),
-                   lambda m: _entry(m, "passthrough").__setitem__("files", [{"file": name, "sha256": sha, "bytes": 40}])):
+                   lambda m: _entry(m, "passthrough").__setitem__("files", evil)):
         (out / "manifest.json").write_text(good)
         edit_manifest(out, change)
         assert helix(capsys, "verify", out)[0] == 0  # the hashes match: only decode finds out
