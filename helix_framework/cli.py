@@ -135,12 +135,16 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from helix_framework.artifacts import artifact_files, read_manifest, verify
+    from helix_framework.artifacts import artifact_files, read_manifest, unreferenced, verify
 
+    manifest = read_manifest(Path(args.dir))
     problems = verify(Path(args.dir))
-    n = sum(1 for _ in artifact_files(read_manifest(Path(args.dir))))
+    n = sum(1 for _ in artifact_files(manifest))
     for line in problems:
         print(f"BAD  {line}")
+    for name in unreferenced(Path(args.dir), manifest):
+        print(f"warning: {name} is not referenced by the manifest (not written by this run; left alone)",
+              file=sys.stderr)
     print(f"{n - len(problems)} of {n} artifact files match the manifest")
     return EXIT_FAIL if problems else EXIT_OK
 

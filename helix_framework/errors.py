@@ -4,6 +4,8 @@ into one line and an exit code."""
 
 from __future__ import annotations
 
+import errno
+
 
 class HelixError(Exception):
     """Base class of every error meant for a user."""
@@ -109,3 +111,32 @@ class SourceError(HelixError):
 
 class MeasurementError(HelixError):
     """A measurement cannot be computed on this input (never a placeholder)."""
+
+
+class OutputError(HelixError):
+    """An output path cannot be used: read-only, not a directory, the disk is
+    full, or it would overwrite an input of the command."""
+
+    def __init__(self, message: str, *, path: str | None = None):
+        self.path = path
+        super().__init__(f"{path}: {message}" if path else message)
+
+    @classmethod
+    def from_oserror(cls, path: object, exc: OSError, what: str = "cannot write") -> OutputError:
+        """``<path>: <what>: <reason>`` for an OSError met writing ``path``."""
+        reason = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+                  errno.EROFS: "read-only file system", errno.ENOTDIR: "a parent of it is not a directory",
+                  errno.EEXIST: "a parent of it is not a directory",
+                  errno.EACCES: "permission denied"}.get(exc.errno or 0, exc.strerror or str(exc))
+        return cls(f"{what}: {reason}", path=str(path))
+
+
+class OutputLocked(OutputError):
+    """Another live process holds the lock of an output directory."""
+
+    def __init__(self, path: str, pid: int | None, command: str | None = None):
+        self.pid = pid
+        holder = f"process {pid}" if pid is not None else "another process"
+        if command:
+            holder += f" ({command})"
+        super().__init__(f"in use by {holder}; wait for it to finish or choose another directory", path=path)
