@@ -11,10 +11,14 @@ The manifest is written last and atomically (see `helix_framework.artifacts`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
+import os
 import re
+import shutil
+import stat
 import time
 import zlib
 from pathlib import Path
@@ -26,11 +30,11 @@ import numpy as np
 import helix_jit
 from threadpoolctl import threadpool_limits
 
-from helix_framework import artifacts
+from helix_framework import artifacts, outlock
 from helix_framework.codec import CodecState, Codes
 from helix_framework.config import CandidateConfig, kernel_signature
 from helix_framework.engine import BlockStats
-from helix_framework.errors import ConfigError, HelixError
+from helix_framework.errors import ConfigError, HelixError, OutputError
 from helix_framework.layer_stats import LayerStats
 from helix_framework.measurement import MeasureContext
 from helix_framework.rotation import RotationState
@@ -314,49 +318,102 @@ def calibrate(
     host: Any = None,
     progress: bool = False,
 ) -> CalibrationSummary:
-    """Calibrate every routed tensor of ``model`` and write artifacts to ``out_dir``."""
+    """Calibrate every routed tensor of ``model`` and write artifacts to ``out_dir``.
+
+    ``out_dir`` is created only once the model has opened and every tensor
+    is one decode can rebuild, and is locked for the run (`outlock`). Only
+    files this tool wrote are ever deleted there; an interrupted run leaves
+    the previous result whole.
+    """
     comp = resolve(candidate, host)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tensor_dir = out / artifacts.TENSOR_DIR
     selector = re.compile(tensors) if tensors else None
     started = time.perf_counter()
     model = resolve_model(model)
-    # One BLAS thread: per-tensor products are small, and on a 2-core machine
-    # two OpenBLAS threads made them several times slower whenever the other
-    # core was busy; the JIT kernels split rows over threads themselves.
-    with open_source(model) as source, helix_jit.record_kernels() as recorder, threadpool_limits(1, "blas"):
-        infos = source.tensors()
-        calibration_text = None
-        if candidate.calibration is not None:
-            entries, calibration_text = _calibrate_data_aware(source, infos, comp, tensor_dir, selector, progress)
-        else:
-            entries = [_calibrate_one(source, info, comp, tensor_dir, selector)
-                       for info in _progress(infos, progress, "calibrating")]
-        manifest = {
-            "schema_version": artifacts.SCHEMA_VERSION,
-            "source": {
-                "path": str(Path(model).resolve()),
-                "kind": source.kind,
-                "architecture": source.architecture,
-                "files": source.file_hashes(),
-                "tokenizer_files": [p.name for p in source.tokenizer_files()],
-            },
-            "config": candidate.to_json(),
-            "config_file": candidate.source,
-            "kernel_signature": kernel_signature(candidate, host) if host is not None else kernel_signature(candidate),
-            "codec": _plugin_json(comp.codec_reg),
-            "rotation": _plugin_json(comp.rotation_reg),
-            "tensor_filter": tensors,
-            "kernels": _kernels_json(recorder),
-            "tensors": entries,
-        }
-        if calibration_text is not None:
-            manifest["calibration_text"] = calibration_text
-    summary = _summarize(manifest, str(out), time.perf_counter() - started)
-    manifest["summary"] = summary.to_json()
-    artifacts.write_json_atomic(out / artifacts.MANIFEST, manifest)
-    artifacts.remove_unreferenced(out, manifest)
+    with open_source(model) as source:
+        for info in source.tensors():
+            if (problem := artifacts.rebuild_problem(info.dtype, info.shape)) is not None:
+                raise CalibrationError(f"tensor {info.name!r}: {problem}; decode could not rebuild it, "
+                                       "so it is refused")
+        created = artifacts.make_output_dir(out)
+        try:
+            with outlock.hold(out, "calibrate"):
+                return _calibrate_locked(source, model, candidate, comp, out, tensors, selector, host, progress,
+                                         started)
+        except BaseException:
+            if created:  # leave no empty output directory behind
+                for d in (out / artifacts.TENSOR_DIR, out):
+                    with contextlib.suppress(OSError):
+                        d.rmdir()
+            raise
+
+
+def _previous_manifest(out: Path) -> dict[str, Any] | None:
+    """The manifest an earlier run left in ``out``, if it is a valid one."""
+    if not (out / artifacts.MANIFEST).is_file():
+        return None
+    try:
+        return artifacts.read_manifest(out)
+    except artifacts.ArtifactError as exc:
+        log.warning("%s; its files are left alone", exc)
+        return None
+
+
+def _calibrate_locked(source: ModelSource, model: Path, candidate: CandidateConfig, comp: Components, out: Path,
+                      tensors: str | None, selector: Any, host: Any, progress: bool,
+                      started: float) -> CalibrationSummary:
+    tensor_dir = out / artifacts.TENSOR_DIR
+    if tensor_dir.is_symlink() or (tensor_dir.exists() and not tensor_dir.is_dir()):
+        raise OutputError(f"{artifacts.TENSOR_DIR} is a link or not a directory: artifacts are written inside "
+                          "the output directory only", path=str(out))
+    for d in (out, tensor_dir):
+        artifacts.clean_temporaries(d)
+    old = _previous_manifest(out)
+    owned = {r["file"] for r in artifacts.artifact_files(old)} if old else set()
+    written: set[str] = set()
+    try:
+        # One BLAS thread: per-tensor products are small, and on a 2-core machine
+        # two OpenBLAS threads made them several times slower whenever the other
+        # core was busy; the JIT kernels split rows over threads themselves.
+        with helix_jit.record_kernels() as recorder, threadpool_limits(1, "blas"):
+            infos = source.tensors()
+            calibration_text = None
+            if candidate.calibration is not None:
+                entries, calibration_text = _calibrate_data_aware(source, infos, comp, tensor_dir, selector,
+                                                                  written, progress)
+            else:
+                entries = [_calibrate_one(source, info, comp, tensor_dir, selector, written)
+                           for info in _progress(infos, progress, "calibrating")]
+            manifest = {
+                "schema_version": artifacts.SCHEMA_VERSION,
+                "source": {
+                    "path": str(Path(model).resolve()),
+                    "kind": source.kind,
+                    "architecture": source.architecture,
+                    "files": source.file_hashes(),
+                    "tokenizer_files": [p.name for p in source.tokenizer_files()],
+                },
+                "config": candidate.to_json(),
+                "config_file": candidate.source,
+                "kernel_signature": kernel_signature(candidate, host) if host is not None
+                else kernel_signature(candidate),
+                "codec": _plugin_json(comp.codec_reg),
+                "rotation": _plugin_json(comp.rotation_reg),
+                "tensor_filter": tensors,
+                "kernels": _kernels_json(recorder),
+                "tensors": entries,
+            }
+            if calibration_text is not None:
+                manifest["calibration_text"] = calibration_text
+        summary = _summarize(manifest, str(out), time.perf_counter() - started)
+        manifest["summary"] = summary.to_json()
+        artifacts.write_json_atomic(out / artifacts.MANIFEST, manifest)
+    except BaseException:
+        # Interrupted or failed before the swap: the old manifest still rules;
+        # drop what this run added and the old manifest does not name.
+        artifacts.remove_owned(out, written - owned, None)
+        raise
+    artifacts.remove_owned(out, owned | written, manifest)
     if "token_agreement" in candidate.measure:
         summary = _add_token_agreement(model, out, manifest, host, started)
     return summary
@@ -432,7 +489,8 @@ def route_and_read(source: ModelSource, info: Any, candidate: CandidateConfig, s
 
 
 def _calibrate_data_aware(
-    source: ModelSource, infos: list[Any], comp: Components, tensor_dir: Path, selector: Any, progress: bool
+    source: ModelSource, infos: list[Any], comp: Components, tensor_dir: Path, selector: Any, written: set[str],
+    progress: bool,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Tensors outside the blocks as in a data-free run; each block's tensors
     with the statistics of their inputs on the calibration windows (see
@@ -454,12 +512,12 @@ def _calibrate_data_aware(
     entries: dict[str, dict[str, Any]] = {}
     for info in infos:
         if info.name not in in_blocks:
-            entries[info.name] = _calibrate_one(source, info, comp, tensor_dir, selector)
+            entries[info.name] = _calibrate_one(source, info, comp, tensor_dir, selector, written)
 
     def fit_block(layer: int, names: list[str], stats: Any) -> dict[str, np.ndarray]:
         kept: dict[str, np.ndarray] = {}
         for name in names:
-            entries[name] = _calibrate_one(source, by_name[name], comp, tensor_dir, selector,
+            entries[name] = _calibrate_one(source, by_name[name], comp, tensor_dir, selector, written,
                                            stats=stats.get(name), keep=kept)
         return kept
 
@@ -471,7 +529,7 @@ def _calibrate_data_aware(
 
 
 def _calibrate_one(
-    source: ModelSource, info: Any, comp: Components, tensor_dir: Path, selector: Any,
+    source: ModelSource, info: Any, comp: Components, tensor_dir: Path, selector: Any, written: set[str],
     stats: BlockStats | None = None, keep: dict[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """One tensor's artifact and manifest entry (``stats``: its layer
@@ -494,6 +552,7 @@ def _calibrate_one(
         stored = raw.dtype in artifacts.SAFETENSORS_DTYPES
         payload = {"weight": raw} if stored else {"raw": ("U8", [raw.data.size], raw.data)}
         file, sha, size = artifacts.write_safetensors(tensor_dir, stem, payload)
+        written.add(f"{artifacts.TENSOR_DIR}/{file}")
         entry["files"] = [{"file": f"{artifacts.TENSOR_DIR}/{file}", "sha256": sha, "bytes": size}]
         return entry
     if stats is not None and (reshape is not None or stats.fit.hessian.shape[0] != x.shape[1]):
@@ -502,6 +561,7 @@ def _calibrate_one(
     if keep is not None:
         keep[name] = result.reconstruction
     file, sha, size = artifacts.write_safetensors(tensor_dir, stem, result.arrays)
+    written.add(f"{artifacts.TENSOR_DIR}/{file}")
     entry.update(
         {
             "reshape": list(reshape) if reshape else None,
@@ -611,46 +671,128 @@ def reconstruct(entry: dict[str, Any], directory: Path, host: Any, manifest: dic
 
 
 def decode(directory: str | Path, out_file: str | Path, host: Any = None, progress: bool = False) -> dict[str, Any]:
-    """Rebuild every tensor of a calibration into one safetensors file."""
-    import shutil
+    """Rebuild every tensor of a calibration into one safetensors file.
 
+    For a Hugging Face source the side files of `artifacts.SIDE_FILES` the
+    manifest names are copied beside ``out_file`` (each through a temporary
+    renamed into place). Everything is checked before anything is written:
+    the manifest, the artifacts, the target (never the run's own files, the
+    source model, a directory or a ``.bin``/``.pt`` name) and the side files
+    (regular files inside the source directory).
+    """
     if host is None:
         from helix_framework.host import get_host
 
         host = get_host()
     directory, out_file = Path(directory), Path(out_file)
     manifest = artifacts.read_manifest(directory)
+    _check_decode_target(directory, out_file, manifest)
+    side = _side_files(manifest)
+    if out_file.name in {name for name, _ in side}:
+        raise OutputError(f"would be overwritten by the source's {out_file.name}; choose another name",
+                          path=str(out_file))
     problems = artifacts.verify(directory)
     if problems:
         raise artifacts.ArtifactError(f"{directory}: artifacts do not match the manifest: {problems[0]}")
 
     def produce(entry: dict[str, Any]) -> Any:
+        try:
+            return rebuild(entry)
+        except artifacts.ArtifactError as exc:
+            raise artifacts.ArtifactError(f"tensor {entry['name']!r}: {exc}") from None
+        except (ValueError, TypeError, KeyError, IndexError) as exc:  # artifacts disagreeing with their entry
+            raise artifacts.ArtifactError(f"{directory}: tensor {entry['name']!r}: cannot rebuild it from its "
+                                          f"artifact: {str(exc)[:200]}") from None
+
+    def rebuild(entry: dict[str, Any]) -> Any:
         if entry["route"] == "codec":
             return reconstruct(entry, directory, host, manifest)
         arrays = artifacts.read_safetensors(directory / entry["files"][0]["file"])
         if "weight" in arrays:
             return (entry["dtype"], entry["shape"], np.asarray(arrays["weight"]).reshape(-1).view(np.uint8))
+        if _out_dtype(entry) == entry["dtype"]:  # a safetensors dtype numpy lacks (F8): bytes as stored
+            return (entry["dtype"], entry["shape"], np.asarray(arrays["raw"]))
         return _dequantize_raw(entry, np.asarray(arrays["raw"]))
 
     specs = [(e["name"], _out_dtype(e), e["shape"]) for e in manifest["tensors"]]
     entries = {e["name"]: e for e in manifest["tensors"]}
-    out_file.parent.mkdir(parents=True, exist_ok=True)
+    artifacts.make_output_dir(out_file.parent)
+    artifacts.clean_temporaries(out_file.parent)
     artifacts.write_safetensors_stream(
         out_file, specs, lambda name: produce(entries[name]),
         metadata={"helix_candidate": manifest["config"]["name"], "helix_source": manifest["source"]["path"]},
     )
-    copied = []
+    for name, real in side:
+        def copy(f: Any, real: Path = real) -> None:
+            with open(real, "rb") as src:
+                shutil.copyfileobj(src, f)
+
+        artifacts.atomic_write(out_file.parent, ".side", copy, lambda name=name: out_file.parent / name,
+                               where=out_file.parent / name)
+    return {"out": str(out_file), "tensors": len(specs), "copied": [name for name, _ in side]}
+
+
+def _check_decode_target(directory: Path, out_file: Path, manifest: dict[str, Any]) -> None:
+    """Refuse a decode target that is not a new or replaceable model file."""
+    def refuse(why: str) -> OutputError:
+        return OutputError(f"refused as decode output: {why}", path=str(out_file))
+
+    if out_file.suffix.lower() in (".bin", ".pt"):
+        raise refuse("helix never reads .bin/.pt (pickle) files; give a .safetensors name")
+    if out_file.is_dir():
+        raise refuse("is a directory; give a file name such as model.safetensors")
+    target, run = out_file.resolve(), directory.resolve()
+    own = [directory / artifacts.MANIFEST, *(directory / r["file"] for r in artifacts.artifact_files(manifest))]
+    if target == run / artifacts.MANIFEST or target.is_relative_to(run / artifacts.TENSOR_DIR) \
+            or any(_same_file(out_file, p) for p in own):
+        raise refuse(f"it is a file of the calibration output {directory} itself")
+    source = Path(manifest["source"]["path"])
     if manifest["source"]["kind"] == "hf_directory":
-        src = Path(manifest["source"]["path"])
-        for name in ["config.json", "generation_config.json", *manifest["source"].get("tokenizer_files", [])]:
-            if (src / name).is_file():
-                shutil.copy2(src / name, out_file.parent / name)
-                copied.append(name)
-    return {"out": str(out_file), "tensors": len(specs), "copied": copied}
+        if target.is_relative_to(source.resolve()):
+            raise refuse(f"it is inside the source model directory {source}")
+    elif target == source.resolve() or _same_file(out_file, source):
+        raise refuse(f"it is the source model {source}")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _side_files(manifest: dict[str, Any]) -> list[tuple[str, Path]]:
+    """(name, resolved path) of each side file decode copies, checked to be a
+    regular file inside the source directory. In a Hugging Face hub cache
+    (``snapshots/<rev>/`` whose files link to ``../../blobs/``) the repo's
+    blobs directory counts as inside."""
+    if manifest["source"]["kind"] != "hf_directory":
+        return []
+    src = Path(manifest["source"]["path"])
+    roots = [src.resolve()]
+    if src.parent.name == "snapshots":
+        roots.append((src.parent.parent / "blobs").resolve())
+    names = dict.fromkeys(["config.json", "generation_config.json", *manifest["source"].get("tokenizer_files", [])])
+    found = []
+    for name in names:
+        path = src / name
+        try:
+            real = path.resolve(strict=True)
+        except (OSError, RuntimeError):  # absent, a dangling link or a link loop: nothing to copy
+            if os.path.lexists(path):
+                log.warning("%s: side file cannot be resolved; not copied", path)
+            continue
+        if not any(real.is_relative_to(root) for root in roots):
+            raise artifacts.ArtifactError(f"{path}: side file resolves to {real}, outside the source directory; "
+                                          "refused")
+        if not stat.S_ISREG(os.stat(real).st_mode):
+            raise artifacts.ArtifactError(f"{path}: side file is not a regular file; refused")
+        found.append((name, real))
+    return found
 
 
 def _out_dtype(entry: dict[str, Any]) -> str:
-    if entry["route"] == "codec" or entry["dtype"] not in artifacts.SAFETENSORS_DTYPES:
+    if entry["route"] == "codec" or entry["dtype"] not in artifacts.WRITABLE_DTYPES:
         return "F32"
     return entry["dtype"]
 

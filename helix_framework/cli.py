@@ -61,18 +61,34 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from helix_framework.config import kernel_signature, load_candidate
+    """Every file is checked and reported; the exit code is 2 if any failed."""
+    from helix_framework.config import candidate_from_document, is_sweep, kernel_signature, read_config_file
+    from helix_framework.errors import HelixError
     from helix_framework.host import get_host
+    from helix_framework.sweep import sweep_from_document
 
     host = get_host()
     host.check_strict()
+    failed = 0
     for path in args.configs:
-        candidate = load_candidate(path, host)
-        sig = kernel_signature(candidate, host)
-        label = " (in-sample)" if candidate.in_sample else ""
-        print(f"ok  {path}: {candidate.name}{label} codec={candidate.codec} rotation={candidate.rotation.kind} "
-              f"kernel_signature={sig[:16]}")
-    return EXIT_OK
+        try:
+            doc = read_config_file(path)
+            if is_sweep(doc):
+                spec = sweep_from_document(doc, host)
+                print(f"ok  {path}: sweep {spec.name}: {spec.cardinality} points over "
+                      f"{', '.join(axis for axis, _ in spec.axes)}")
+                continue
+            candidate = candidate_from_document(doc, host)
+            sig = kernel_signature(candidate, host)
+            label = " (in-sample)" if candidate.in_sample else ""
+            print(f"ok  {path}: candidate {candidate.name}{label} codec={candidate.codec} "
+                  f"rotation={candidate.rotation.kind} kernel_signature={sig[:16]}")
+        except HelixError as exc:
+            failed += 1
+            print(f"helix: error: {exc}", file=sys.stderr)
+    if failed and len(args.configs) > 1:
+        print(f"helix: {failed} of {len(args.configs)} files failed", file=sys.stderr)
+    return EXIT_ERROR if failed else EXIT_OK
 
 
 # -- helix calibrate / verify / decode -------------------------------------------
@@ -119,12 +135,16 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from helix_framework.artifacts import artifact_files, read_manifest, verify
+    from helix_framework.artifacts import artifact_files, read_manifest, unreferenced, verify
 
+    manifest = read_manifest(Path(args.dir))
     problems = verify(Path(args.dir))
-    n = sum(1 for _ in artifact_files(read_manifest(Path(args.dir))))
+    n = sum(1 for _ in artifact_files(manifest))
     for line in problems:
         print(f"BAD  {line}")
+    for name in unreferenced(Path(args.dir), manifest):
+        print(f"warning: {name} is not referenced by the manifest (not written by this run; left alone)",
+              file=sys.stderr)
     print(f"{n - len(problems)} of {n} artifact files match the manifest")
     return EXIT_FAIL if problems else EXIT_OK
 
@@ -142,7 +162,10 @@ def cmd_decode(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from helix_framework.artifacts import read_manifest
 
-    summaries = [read_manifest(Path(d))["summary"] for d in args.dirs]
+    manifests = [read_manifest(Path(d)) for d in args.dirs]
+    summaries = [m["summary"] for m in manifests]
+    # a column per run: its candidate, the model it compressed and where it lives
+    columns = [f"{s['candidate']} on {Path(m['source']['path']).name} ({d})" for s, m, d in zip(summaries, manifests, args.dirs)]
     keys: list[str] = []
     for section in ("held_out", "bits"):
         for s in summaries:
@@ -158,10 +181,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
         for key in ("positions", "top1", "top5", "kl_mean"):
             rows.append([f"token agreement {key}"] + [_fmt((s.get("token_agreement") or {}).get(key, "-")) for s in summaries])
     label = "in-sample" if any(s["held_out"].get("label_in_sample") for s in summaries) else "held-out"
-    print(_table(rows, [f"figure ({label} means over codec tensors)", *(s["candidate"] for s in summaries)]))
-    for s in summaries:
+    print(_table(rows, [f"figure ({label} means over codec tensors)", *columns]))
+    for s, column in zip(summaries, columns):
         if s.get("token_agreement"):
-            print(f"{s['candidate']}: {s['token_agreement']['verdict']}")
+            print(f"{column}: {s['token_agreement']['verdict']}")
     return EXIT_OK
 
 
@@ -248,6 +271,38 @@ def cmd_probe(args: argparse.Namespace) -> int:
     if any(r.centroids_capped_at for r in rows):
         print("K capped: fewer calibration rows than centroids, so the centroid count was capped at the row count "
               "(as the published probe did); every training row can then be its own centroid.")
+    return EXIT_OK
+
+
+# -- helix tensors ---------------------------------------------------------
+
+
+def cmd_tensors(args: argparse.Namespace) -> int:
+    from helix_framework.models import resolve_model
+    from helix_framework.routing import route_tensor
+    from helix_framework.sources import open_source
+
+    routes: Any = ()
+    if args.config:
+        from helix_framework.config import load_candidate
+        from helix_framework.host import get_host
+
+        routes = load_candidate(args.config, get_host()).routes
+    with open_source(resolve_model(args.model)) as source:
+        rows = []
+        for info in source.tensors():
+            d = route_tensor(info.name, info.shape, routes)
+            rows.append({"name": info.name, "dtype": info.dtype, "shape": list(info.shape), "route": d.route,
+                         "rule": d.rule, "reason": d.reason})
+    if args.json:
+        _print_json(rows)
+        return EXIT_OK
+    print(_table([(r["name"], r["dtype"], "x".join(map(str, r["shape"])), r["route"], r["reason"]) for r in rows],
+                 ("name", "dtype", "shape", "route", "reason")))
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["route"]] = counts.get(r["route"], 0) + 1
+    print(f"{len(rows)} tensors: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
     return EXIT_OK
 
 
@@ -410,6 +465,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="helix",
         description="A lab for compression codecs of model weights and context.",
+        epilog="exit codes: 0 success (a verdict that passed); 1 a negative verdict (not certified, a failed "
+        "check of plugins under HELIX_STRICT_PLUGINS=1); 2 bad input, a usage error or any other error "
+        "(one line on stderr); 130 interrupted",
     )
     parser.add_argument("--version", action="version", version="helix-framework 0.1.0")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO to stderr")
@@ -420,7 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_plugins)
 
     p = sub.add_parser("check", help="validate candidate configs without running anything")
-    p.add_argument("configs", nargs="+", metavar="CONFIG")
+    p.add_argument("configs", nargs="+", metavar="CONFIG", help="candidate or sweep YAML files; each is reported")
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("calibrate", help="compress every routed tensor of a model and measure it")
@@ -433,20 +491,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("verify", help="re-hash every artifact file against the manifest")
-    p.add_argument("dir", metavar="DIR")
+    p.add_argument("dir", metavar="DIR", help="a calibration output directory")
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("decode", help="rebuild a loadable safetensors model from artifacts")
-    p.add_argument("dir", metavar="DIR")
-    p.add_argument("--out", required=True, metavar="FILE.safetensors")
+    p.add_argument("dir", metavar="DIR", help="a calibration output directory")
+    p.add_argument("--out", required=True, metavar="FILE.safetensors",
+                   help="the model file to write (side files such as tokenizer.json go beside it)")
     p.set_defaults(func=cmd_decode)
 
     p = sub.add_parser("compare", help="summaries of calibration outputs side by side")
-    p.add_argument("dirs", nargs="+", metavar="DIR")
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="calibration output directories, one column each")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("agree", help="token agreement of a compressed model against the original")
-    p.add_argument("model", metavar="MODEL")
+    p.add_argument("model", metavar="MODEL", help="the uncompressed model: a path or smollm2, minilm")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--artifacts", metavar="DIR", help="a calibration output of MODEL")
     which.add_argument("--config", metavar="FILE", help="a candidate, calibrated in memory")
@@ -454,29 +513,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--positions", type=int, default=2000, metavar="N", help="teacher-forced positions (default 2000)")
     p.add_argument("--window", type=int, default=512, metavar="T", help="tokens per independent window (default 512)")
     p.add_argument("--engine", choices=("dense", "adc"), default="dense",
-                   help="adc: compressed layers multiply from their codes through the jit adc_matvec kernel")
-    p.add_argument("--json", action="store_true")
+                   help="adc: compressed layers multiply from their codes (codecs with compressed_matmul)")
+    p.add_argument("--json", action="store_true", help="print every figure as JSON")
     p.set_defaults(func=cmd_agree)
 
+    p = sub.add_parser("tensors", help="every tensor of a model: dtype, shape, route and the reason")
+    p.add_argument("model", metavar="MODEL", help="a model path or an embedded model name (smollm2, minilm)")
+    p.add_argument("--config", metavar="FILE", help="route with this candidate's routes: rules (default: built-in rules)")
+    p.add_argument("--json", action="store_true", help="print a JSON list (name, dtype, shape, route, rule, reason)")
+    p.set_defaults(func=cmd_tensors)
+
     p = sub.add_parser("probe", help="in-sample vs held-out figures as the calibration rows grow")
-    p.add_argument("model", metavar="MODEL")
-    p.add_argument("--tensor", required=True, metavar="NAME")
-    p.add_argument("--config", required=True, metavar="FILE")
-    p.add_argument("--rows", default="128,256,512,1024,all", metavar="N,N,...,all")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("model", metavar="MODEL", help="a model path or smollm2, minilm")
+    p.add_argument("--tensor", required=True, metavar="NAME", help="the matrix to probe (see helix tensors)")
+    p.add_argument("--config", required=True, metavar="FILE", help="candidate YAML")
+    p.add_argument("--rows", default="128,256,512,1024,all", metavar="N,N,...,all",
+                   help="calibration row counts to try (default 128,256,512,1024,all)")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON")
     p.set_defaults(func=cmd_probe)
 
     p = sub.add_parser("jit", help="the compiled-kernel cache")
     jit_sub = p.add_subparsers(dest="jit_command", metavar="ACTION")
     q = jit_sub.add_parser("stats", help="entries, bytes, hits, misses, compile time")
-    q.add_argument("--json", action="store_true")
+    q.add_argument("--json", action="store_true", help="print the figures as JSON")
     q.set_defaults(func=cmd_jit_stats)
     q = jit_sub.add_parser("clear", help="remove every cached kernel")
     q.set_defaults(func=cmd_jit_clear)
     p.set_defaults(func=lambda a: _usage(p))
 
     p = sub.add_parser("compress", help="compress a text file with a context compressor")
-    p.add_argument("file", metavar="FILE")
+    p.add_argument("file", metavar="FILE", help="a text file")
     p.add_argument("--compressor", metavar="NAME", help="registered compressor (default: headroom if installed, else truncate)")
     p.add_argument("--target-chars", type=int, metavar="N", help="at most N characters out (default: half the input)")
     p.add_argument("--content-type", choices=["diff", "patch", "log", "code", "json", "prose"], metavar="T",
@@ -489,7 +555,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ratio", action="append", type=float, metavar="R", help="target ratio, repeatable (default: 0.5 and 0.25)")
     p.add_argument("--seed", type=int, default=0, help="corpus seed (default 0)")
     p.add_argument("--answer", action="store_true", help="also let SmolLM2 answer from the compressed context")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print every figure as JSON")
     p.set_defaults(func=cmd_needle)
 
     p = sub.add_parser("sweep", help="run a grid of candidates; results appended to LanceDB tables")
@@ -506,15 +572,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("frontier", help="Pareto frontier of bits per weight against a quality figure")
-    p.add_argument("--db", required=True, metavar="DIR")
+    p.add_argument("--db", required=True, metavar="DIR", help="the LanceDB directory a sweep wrote")
     p.add_argument("--x", choices=["bits"], default="bits", help="bits per weight (codes + codebooks + rotation)")
     p.add_argument("--y", choices=["top1", "rel_l2", "icc_3_1"], default="top1",
                    help="top1 and icc_3_1 are maximized, held-out rel_l2 minimized (default top1)")
     p.add_argument("--sweep", metavar="NAME", help="only candidates of this sweep")
     p.add_argument("--plot", metavar="FILE.png", help="write a plot of every candidate, the frontier and the gate")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the frontier as JSON")
     p.set_defaults(func=cmd_frontier)
+    _verbose_everywhere(sub)
+    _verbose_everywhere(jit_sub)
     return parser
+
+
+def _verbose_everywhere(sub: Any) -> None:
+    """``-v`` is accepted after any subcommand too (``helix calibrate ... -v``).
+    SUPPRESS keeps a subcommand from resetting a ``-v`` given before it."""
+    for p in sub.choices.values():
+        p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                       help="log progress at INFO to stderr")
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:

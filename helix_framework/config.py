@@ -185,7 +185,9 @@ def _first_error(exc: BaseException, path: str) -> tuple[str, str]:
     if isinstance(exc, ConfigError):
         return path + exc.path[1:], exc.message
     if isinstance(exc, KeyError) and not isinstance(exc, HelixError):
-        return f"{path}.{exc.args[0]}", "required key is missing"
+        # cattrs' note already named the field: "$.name", not "$.name.name"
+        key = f".{exc.args[0]}"
+        return (path if path.endswith(key) else path + key), "required key is missing"
     message = str(exc)
     m = re.match(r"^'(\w+)' (.*)$", message)  # attrs' own validators: "'x' must be >= 1: 0"
     if m:
@@ -401,19 +403,32 @@ class _CandidateShape:
     error_feedback: Any = None
 
 
-def load_candidate(path: str | Path, host: Any = None) -> CandidateConfig:
-    """Read, validate and convert a candidate YAML file."""
-    path = Path(path)
+def read_config_file(path: str | Path) -> YamlDocument:
+    """Read one YAML config file (a candidate or a sweep) with its key lines."""
     file = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError("no such file", file=file) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read: {exc}", file=file) from None
-    doc = load_yaml(text, file)
+    return load_yaml(text, file)
+
+
+def is_sweep(doc: YamlDocument) -> bool:
+    """A sweep file is the mapping with a ``grid``; anything else is a candidate."""
+    return isinstance(doc.data, Mapping) and "grid" in doc.data
+
+
+def load_candidate(path: str | Path, host: Any = None) -> CandidateConfig:
+    """Read, validate and convert a candidate YAML file."""
+    return candidate_from_document(read_config_file(path), host)
+
+
+def candidate_from_document(doc: YamlDocument, host: Any = None) -> CandidateConfig:
+    """Validate a candidate read by `read_config_file`; errors carry its lines."""
     try:
-        return attrs.evolve(candidate_from_mapping(doc.data, host), source=file)
+        return attrs.evolve(candidate_from_mapping(doc.data, host), source=doc.file)
     except ConfigError as exc:
         raise doc.error(exc) from None
 

@@ -130,8 +130,12 @@ class ModelSource(abc.ABC):
         try:
             return self._infos[name]
         except KeyError:
+            import difflib
+
+            close = difflib.get_close_matches(name, list(self._infos), n=3, cutoff=0.6)
+            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else "; `helix tensors MODEL` lists them"
             raise SourceError(
-                f"no such tensor (the source has {len(self._infos)} tensors)",
+                f"no such tensor (the source has {len(self._infos)} tensors){hint}",
                 path=str(self.path),
                 tensor=name,
             ) from None
