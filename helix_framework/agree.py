@@ -32,7 +32,9 @@ import attrs
 import numpy as np
 
 from helix_framework import artifacts
-from helix_framework.calibrate import fit_reconstruct, reconstruct, resolve, route_and_read, split_rows, tensor_rng
+from helix_framework.calibrate import (
+    data_aware_pass, fit_reconstruct, reconstruct, resolve, route_and_read, split_rows, tensor_rng,
+)
 from helix_framework.config import CandidateConfig, canonical_json
 from helix_framework.errors import HelixError
 from helix_framework.measure.agreement import MIN_POSITIONS, AgreementAccumulator
@@ -83,19 +85,29 @@ def weights_from_artifacts(directory: str | Path, source: ModelSource, host: Any
 
 def weights_from_config(source: ModelSource, candidate: CandidateConfig, host: Any,
                         tensors: str | None = None) -> dict[str, np.ndarray]:
-    """Fit every routed matrix in memory (on its calibration rows, exactly as
+    """Fit every routed matrix in memory (on its calibration rows, and for a
+    data-aware candidate block by block with its layer statistics, exactly as
     `helix calibrate` does) and keep the reconstructions."""
     comp = resolve(candidate, host)
     selector = re.compile(tensors) if tensors else None
     seed = candidate.rows.seed
     out = {}
-    for info in source.tensors():
+
+    def fit_one(info: Any, stats: Any = None) -> np.ndarray | None:
         routed = route_and_read(source, info, candidate, selector)
-        if routed.route == "codec":
-            split = split_rows(routed.rows.shape[0], candidate.rows, candidate.in_sample, info.name)
-            fitted = fit_reconstruct(routed.rows, split.calibration, comp, candidate.params, info.name,
-                                     tensor_rng(seed, info.name))
-            out[info.name] = fitted.reconstruction.reshape(info.shape)
+        if routed.route != "codec":
+            return None
+        split = split_rows(routed.rows.shape[0], candidate.rows, candidate.in_sample, info.name)
+        fitted = fit_reconstruct(routed.rows, split.calibration, comp, candidate.params, info.name,
+                                 tensor_rng(seed, info.name), stats=stats.fit if stats is not None else None)
+        out[info.name] = fitted.reconstruction.reshape(info.shape)
+        return out[info.name]
+
+    if candidate.calibration is not None:
+        data_aware_pass(source, source.tensors(), comp, fit_one)
+    else:
+        for info in source.tensors():
+            fit_one(info)
     return out
 
 

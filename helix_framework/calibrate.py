@@ -488,14 +488,19 @@ def route_and_read(source: ModelSource, info: Any, candidate: CandidateConfig, s
     return Routed(route, reason, decision.rule, reshape, x)
 
 
-def _calibrate_data_aware(
-    source: ModelSource, infos: list[Any], comp: Components, tensor_dir: Path, selector: Any, written: set[str],
-    progress: bool,
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Tensors outside the blocks as in a data-free run; each block's tensors
-    with the statistics of their inputs on the calibration windows (see
-    `helix_framework.engine`). Returns the entries in source order and what
-    the manifest records about the calibration text."""
+def data_aware_pass(
+    source: ModelSource, infos: list[Any], comp: Components, handle: Any, progress: bool = False
+) -> dict[str, Any]:
+    """Run a data-aware candidate's calibration windows through the model
+    block by block (see `helix_framework.engine`).
+
+    ``handle(info, stats)`` is called once for every tensor of ``infos``:
+    first those outside the decoder blocks (``stats`` None), then each
+    block's, with the `BlockStats` of a linear layer's inputs; it returns the
+    tensor's reconstruction (what the windows pass through with ``propagate:
+    quantized``) or None to keep the tensor as it is. Returns what the
+    manifest records about the calibration text.
+    """
     from helix_framework.calibration_text import load_documents, make_windows
     from helix_framework.engine import run_blocks
     from helix_framework.prompts import load_prompts
@@ -509,23 +514,36 @@ def _calibrate_data_aware(
         raise ConfigError("data-aware calibration runs decoder models (Llama family) only", path="$.calibration")
     by_name = {info.name: info for info in infos}
     in_blocks = {n for layer in range(model.n_layers) for n in model.block_tensors(layer)}
-    entries: dict[str, dict[str, Any]] = {}
     for info in infos:
         if info.name not in in_blocks:
-            entries[info.name] = _calibrate_one(source, info, comp, tensor_dir, selector, written)
+            handle(info, None)
 
     def fit_block(layer: int, names: list[str], stats: Any) -> dict[str, np.ndarray]:
-        kept: dict[str, np.ndarray] = {}
-        for name in names:
-            entries[name] = _calibrate_one(source, by_name[name], comp, tensor_dir, selector, written,
-                                           stats=stats.get(name), keep=kept)
-        return kept
+        kept = {name: handle(by_name[name], stats.get(name)) for name in names}
+        return {name: recon for name, recon in kept.items() if recon is not None}
 
     run_blocks(model, windows.ids, windows.fit, windows.held_out, fit_block, propagate=cal.propagate,
                progress=progress)
     settings = {"text": cal.text, "sequences": cal.sequences, "tokens": cal.tokens, "seed": cal.seed,
                 "held_out_fraction": cal.held_out, "propagate": cal.propagate}
-    return [entries[info.name] for info in infos], windows.to_json(settings)
+    return windows.to_json(settings)
+
+
+def _calibrate_data_aware(
+    source: ModelSource, infos: list[Any], comp: Components, tensor_dir: Path, selector: Any, written: set[str],
+    progress: bool,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Every tensor's entry (in source order) and the calibration-text record."""
+    entries: dict[str, dict[str, Any]] = {}
+
+    def handle(info: Any, stats: BlockStats | None) -> np.ndarray | None:
+        kept: dict[str, np.ndarray] = {}
+        entries[info.name] = _calibrate_one(source, info, comp, tensor_dir, selector, written, stats=stats,
+                                            keep=kept)
+        return kept.get(info.name)
+
+    record = data_aware_pass(source, infos, comp, handle, progress)
+    return [entries[info.name] for info in infos], record
 
 
 def _calibrate_one(

@@ -338,3 +338,23 @@ def test_cli_bad_calibration_text_is_one_line_exit_2(tmp_path):
     proc = run_helix(["calibrate", "smollm2", "--config", str(config), "--out", str(tmp_path / "out")])
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
     assert f"{latin}: not UTF-8 text" in proc.stderr and not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_agree_config_fits_data_aware_in_memory_as_calibrate_does(tmp_path, host, tiny):
+    from helix_framework.agree import weights_from_artifacts, weights_from_config
+    from helix_framework.sources import open_source
+
+    cand = candidate(host, codec="stats_seen", rotation={"kind": "random_orthogonal"}, measure=["rel_l2"])
+    calibrate(tiny, cand, tmp_path / "out", host=host)
+    StatsCodec.seen.clear()
+    with open_source(tiny) as source:
+        on_disk = weights_from_artifacts(tmp_path / "out", source, host)
+        in_memory = weights_from_config(source, cand, host)
+    assert len(StatsCodec.seen["fit"]) == 14 and all(isinstance(s, LayerStats) for s in StatsCodec.seen["fit"])
+    assert sorted(on_disk) == sorted(in_memory) and len(on_disk) == 14
+    for name, w in on_disk.items():
+        np.testing.assert_array_equal(w, in_memory[name])
+    StatsCodec.seen.clear()  # the same candidate without calibration text fits data-free
+    with open_source(tiny) as source:
+        weights_from_config(source, attrs.evolve(cand, calibration=None), host)
+    assert len(StatsCodec.seen["fit"]) == 14 and all(s is None for s in StatsCodec.seen["fit"])
