@@ -46,40 +46,25 @@ BUILTIN_MODULES = (
 SPAN = 32
 
 
-@attrs.frozen
-class Document:
-    """One named piece of calibration text."""
-
-    name: str
-    source: str
-    text: str = attrs.field(repr=False)
-
-    @property
-    def sha256(self) -> str:
-        return hashlib.sha256(self.text.encode()).hexdigest()
-
-    def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "source": self.source, "sha256": self.sha256, "chars": len(self.text)}
-
-
-def builtin_documents() -> list[Document]:
-    """The ``builtin`` calibration text: stdlib sources and the dialogue file."""
+def builtin_documents() -> list[Prompt]:
+    """The ``builtin`` calibration text (prompts of kind ``calibration``):
+    stdlib sources and the dialogue file."""
     version = platform.python_version()
     docs = []
     for name in BUILTIN_MODULES:
         module = importlib.import_module(name)
-        docs.append(Document(f"module:{name}", f"source of {inspect.getsourcefile(module)} (Python {version})",
+        docs.append(Prompt(f"module:{name}", "calibration", f"source of {inspect.getsourcefile(module)} (Python {version})",
                              inspect.getsource(module)))
     dialogue = DATA_DIR / "dialogue.txt"
     if not dialogue.is_file():
         raise CalibrationTextError("is missing (run from a source checkout, or give calibration.text a file)",
                                    file=str(dialogue))
-    docs.append(Document("dialogue", f"{dialogue.name}, written for helix-framework calibration",
+    docs.append(Prompt("dialogue", "calibration", f"{dialogue.name}, written for helix-framework calibration",
                          dialogue.read_text(encoding="utf-8")))
     return docs
 
 
-def load_documents(text: str) -> list[Document]:
+def load_documents(text: str) -> list[Prompt]:
     """``builtin``, a ``.txt`` file or a directory of ``*.txt`` files."""
     if text == "builtin":
         return builtin_documents()
@@ -102,7 +87,7 @@ def load_documents(text: str) -> list[Document]:
             raise CalibrationTextError(f"cannot read: {exc.strerror or exc}", file=str(f)) from None
         if not body.strip():
             raise CalibrationTextError("is empty", file=str(f))
-        docs.append(Document(f"file:{f.name}", str(f), body))
+        docs.append(Prompt(f"file:{f.name}", "calibration", str(f), body))
     return docs
 
 
@@ -129,7 +114,7 @@ class CalibrationWindows:
     starts: np.ndarray = attrs.field(repr=False, eq=False)
     fit: np.ndarray = attrs.field(repr=False, eq=False)
     held_out: np.ndarray = attrs.field(repr=False, eq=False)
-    documents: tuple[Document, ...]
+    documents: tuple[Prompt, ...]
     total_tokens: int
 
     def to_json(self, settings: dict[str, Any]) -> dict[str, Any]:
@@ -152,7 +137,7 @@ class CalibrationWindows:
 
 
 def make_windows(
-    tokenizer: Any, documents: list[Document], *, sequences: int, tokens: int, seed: int, held_out: float,
+    tokenizer: Any, documents: list[Prompt], *, sequences: int, tokens: int, seed: int, held_out: float,
     evaluation: list[Prompt] | None = None,
 ) -> CalibrationWindows:
     """Tokenize the documents, refuse overlap with ``evaluation``, draw the windows."""
