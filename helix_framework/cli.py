@@ -316,24 +316,85 @@ def cmd_compress(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_needle(args: argparse.Namespace) -> int:
-    from helix_framework.host import get_host
-    from helix_framework.needle import build_corpus, format_table, load_reader, run_benchmark
+def _needle_ratios(values: list[float] | None) -> list[float]:
+    import math
 
-    reader = load_reader() if args.answer else None
+    from helix_framework.errors import HelixError
+
+    for r in values or []:
+        if not (math.isfinite(r) and 0 < r <= 1):
+            raise HelixError(f"--ratio must be a finite number in (0, 1]; got {r}")
+    return values or [0.5, 0.25]
+
+
+def cmd_needle(args: argparse.Namespace) -> int:
+    from helix_framework.errors import HelixError
+    from helix_framework.host import get_host
+    from helix_framework.needle import build_corpus, format_table, load_corpus, run_benchmark
+
+    ratios = _needle_ratios(args.ratio)
+    for flag, value in (("--documents", args.documents), ("--needles-per-doc", args.needles_per_doc),
+                        ("--window", args.window)):
+        if value < 1:
+            raise HelixError(f"{flag} must be >= 1; got {value}")
     host = get_host()
     names = args.compressor or (["truncate", "headroom"] if "headroom" in host.names("compressor") else ["truncate"])
     compressors = {n: host.compressor(n) for n in dict.fromkeys(names)}
-    corpus = build_corpus(seed=args.seed)
-    rows = run_benchmark(corpus, compressors, args.ratio or [0.5, 0.25], reader=reader)
+    corpus = load_corpus(args.corpus) if args.corpus else build_corpus(seed=args.seed)
+    s = corpus.summary()
+    kinds = ", ".join(f"{t} {v['needles']} in {v['docs']} docs" for t, v in s["by_type"].items())
+    origin = args.corpus or f"seed {s['seed']}"
+    corpus_line = f"corpus {origin} sha256 {s['sha256'][:16]} (python {s['python']}): {s['needles']} needles ({kinds})"
+    if args.answer:
+        return _needle_answers(args, corpus, compressors, ratios, corpus_line)
+    rows = run_benchmark(corpus, compressors, ratios)
     if args.json:
-        _print_json({"corpus": corpus.summary(), "rows": [r.as_json() for r in rows]})
+        _print_json({"corpus": s, "rows": [r.as_json() for r in rows]})
     else:
-        s = corpus.summary()
-        kinds = ", ".join(f"{t} {v['needles']} in {v['docs']} docs" for t, v in s["by_type"].items())
-        print(f"corpus seed {s['seed']} sha256 {s['sha256'][:16]} (python {s['python']}): "
-              f"{s['needles']} needles ({kinds})")
+        print(corpus_line)
         print(format_table(rows))
+    return EXIT_OK
+
+
+def _needle_answers(args: argparse.Namespace, corpus: Any, compressors: dict[str, Any], ratios: list[float],
+                    corpus_line: str) -> int:
+    import time
+
+    from tqdm import tqdm
+
+    from helix_framework.needle import answer_table, ask_plan, run_answers
+    from helix_framework.needle.reader import load_chat_reader
+
+    t0 = time.perf_counter()
+    reader = load_chat_reader(args.reader, window=args.window)
+    plan = ask_plan(corpus, args.documents, args.needles_per_doc, seed=args.seed)
+    steps = len(plan) * (1 + len(compressors) * len(ratios))
+    with tqdm(total=steps, desc="needle --answer", unit="context", leave=False) as bar:
+        run = run_answers(plan, compressors, ratios, reader, progress=lambda _: bar.update())
+    wall = time.perf_counter() - t0
+    asked = (f"asked {run.needles} needles in {run.documents} documents (at most {args.needles_per_doc} per "
+             f"document) in {1 + len(compressors) * len(ratios)} conditions")
+    reading = (f"reader {reader.name} ({reader.template} chat template), window {reader.window} document tokens, "
+               f"at most {reader.max_new_tokens} answer tokens")
+    if args.json:
+        _print_json({"corpus": corpus.summary(), "reader": {"model": reader.name, "template": reader.template,
+                     "window": reader.window, "max_new_tokens": reader.max_new_tokens},
+                     "ratios": ratios, "compressors": list(compressors), "wall_seconds": wall, **run.as_json()})
+        return EXIT_OK
+    from helix_framework.needle.answers import UNCOMPRESSED, sample_answers
+
+    print(corpus_line)
+    print(f"{asked}; {reading}")
+    print(answer_table(run.rows))
+    print(f"\nread {run.tokens_read} tokens in {run.seconds:.1f} s ({run.tokens_read / max(run.seconds, 1e-9):.0f} "
+          f"tokens/s); {run.contexts_read} contexts computed, {run.contexts_reused} reused; wall {wall:.1f} s; "
+          f"{sum(a.capped for a in run.answers)} of {len(run.answers)} answers stopped at the token limit")
+    print("\nsample of graded answers (guess: correct although the value was not in the context):")
+    for a in sample_answers(run.answers, 20, seed=args.seed):
+        verdict = "guess" if a.guess else "right" if a.correct else "wrong"
+        cond = "uncompressed" if a.compressor == UNCOMPRESSED else f"{a.compressor} {a.ratio_target:g}"
+        print(f"  {verdict:5}  {cond:14} {a.doc_id}  {a.key} = {a.value}  "
+              f"({'in context' if a.survived else 'not in context'}): {a.answer!r}{' [cut]' if a.capped else ''}")
     return EXIT_OK
 
 
@@ -488,7 +549,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compressor", action="append", metavar="NAME", help="repeatable (default: truncate and headroom)")
     p.add_argument("--ratio", action="append", type=float, metavar="R", help="target ratio, repeatable (default: 0.5 and 0.25)")
     p.add_argument("--seed", type=int, default=0, help="corpus seed (default 0)")
-    p.add_argument("--answer", action="store_true", help="also let SmolLM2 answer from the compressed context")
+    p.add_argument("--corpus", metavar="FILE.json", help="your own documents and needles (JSON manifest) instead "
+                   "of the generated corpus")
+    p.add_argument("--answer", action="store_true", help="let a reader model answer every needle's question from "
+                   "each context (uncompressed and compressed) instead of checking survival only")
+    p.add_argument("--reader", default="smollm2", metavar="MODEL", help="--answer: a chat decoder, name or path "
+                   "(default smollm2)")
+    p.add_argument("--window", type=int, default=1024, metavar="N", help="--answer: document tokens the reader "
+                   "reads; longer contexts are cut (default 1024)")
+    p.add_argument("--documents", type=int, default=12, metavar="N", help="--answer: documents asked, shortest of "
+                   "each type in turn (default 12)")
+    p.add_argument("--needles-per-doc", type=int, default=4, metavar="K", help="--answer: needles asked per "
+                   "document (default 4)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_needle)
 

@@ -102,3 +102,13 @@ class SourceError(HelixError):
 
 class MeasurementError(HelixError):
     """A measurement cannot be computed on this input (never a placeholder)."""
+
+
+class CorpusError(HelixError):
+    """A needle corpus file or document is unusable (missing, empty, not
+    UTF-8, or a needle whose value is not exactly once in its document)."""
+
+    def __init__(self, message: str, *, file: str, key: str | None = None):
+        self.file = file
+        self.key = key
+        super().__init__(f"{file}: {f'needle {key!r}: ' if key else ''}{message}")
