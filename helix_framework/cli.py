@@ -334,7 +334,7 @@ def cmd_needle(args: argparse.Namespace) -> int:
 
     ratios = _needle_ratios(args.ratio)
     for flag, value in (("--documents", args.documents), ("--needles-per-doc", args.needles_per_doc),
-                        ("--window", args.window)):
+                        ("--window", args.window), ("--max-new-tokens", args.max_new_tokens)):
         if value < 1:
             raise HelixError(f"{flag} must be >= 1; got {value}")
     host = get_host()
@@ -366,7 +366,7 @@ def _needle_answers(args: argparse.Namespace, corpus: Any, compressors: dict[str
     from helix_framework.needle.reader import load_chat_reader
 
     t0 = time.perf_counter()
-    reader = load_chat_reader(args.reader, window=args.window)
+    reader = load_chat_reader(args.reader, window=args.window, max_new_tokens=args.max_new_tokens)
     plan = ask_plan(corpus, args.documents, args.needles_per_doc, seed=args.seed)
     steps = len(plan) * (1 + len(compressors) * len(ratios))
     with tqdm(total=steps, desc="needle --answer", unit="context", leave=False) as bar:
@@ -557,6 +557,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default smollm2)")
     p.add_argument("--window", type=int, default=1024, metavar="N", help="--answer: document tokens the reader "
                    "reads; longer contexts are cut (default 1024)")
+    p.add_argument("--max-new-tokens", type=int, default=16, metavar="N", help="--answer: longest answer, in "
+                   "tokens (default 16)")
     p.add_argument("--documents", type=int, default=12, metavar="N", help="--answer: documents asked, shortest of "
                    "each type in turn (default 12)")
     p.add_argument("--needles-per-doc", type=int, default=4, metavar="K", help="--answer: needles asked per "
