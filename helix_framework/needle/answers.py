@@ -30,6 +30,7 @@ import attrs
 
 from helix_framework.compressor import Compressor
 from helix_framework.measure.stats import wilson_interval
+from helix_framework.needle.bench import render_table
 from helix_framework.needle.corpus import CONTENT_TYPES, Corpus, Doc
 from helix_framework.needle.grading import contains_token, grade_answer
 from helix_framework.needle.harvest import Needle
@@ -232,12 +233,7 @@ def answer_table(rows: Sequence[AnswerRow], markdown: bool = False) -> str:
                       str(r.cut_away), str(r.answered), _ci(r.answer_rate, r.answer_ci),
                       _ci(r.given_survival, r.given_survival_ci), f"{r.guesses}/{r.needles - r.survived}",
                       f"{r.ceiling:.2f}", f"{r.ratio:.3f}", str(r.doc_tokens)])
-    if markdown:
-        lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-        return "\n".join(lines + ["| " + " | ".join(c) + " |" for c in cells])
-    widths = [max(len(x) for x in col) for col in zip(header, *cells)]
-    out = ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip(), "  ".join("-" * w for w in widths)]
-    return "\n".join(out + ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells])
+    return render_table(header, cells, markdown)
 
 
 def sample_answers(answers: Sequence[AnswerRecord], k: int = 20, seed: int = 0) -> list[AnswerRecord]:

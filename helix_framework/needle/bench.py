@@ -135,6 +135,11 @@ def table_rows(rows: Sequence[Row]) -> tuple[list[list[str]], list[str]]:
 
 def format_table(rows: Sequence[Row], markdown: bool = False) -> str:
     cells, header = table_rows(rows)
+    return render_table(header, cells, markdown)
+
+
+def render_table(header: Sequence[str], cells: Sequence[Sequence[str]], markdown: bool = False) -> str:
+    """Aligned text columns, or a markdown table."""
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
         lines += ["| " + " | ".join(c) + " |" for c in cells]
