@@ -131,7 +131,9 @@ def test_run_answers_grades_cut_survival_guesses_and_reuses_contexts():
     assert {r.content_type for r in run.rows} == {"log", "all"}
     data = run.as_json()
     assert data["answers"][2]["answer"] == "The value of gamma_id is 77777." and data["answers"][2]["guess"] is True
-    assert json.loads(json.dumps(data))["rows"][0]["needles"] == 3
+    assert json.loads(json.dumps(data, allow_nan=False))["rows"][0]["needles"] == 3
+    tenth_json = next(r for r in data["rows"] if r["ratio_target"] == 0.1 and r["content_type"] == "all")
+    assert tenth_json["given_survival"] is None and tenth_json["given_survival_ci"] == [None, None]
 
 
 def test_ask_plan_takes_the_shortest_documents_of_each_type_in_turn():

@@ -22,8 +22,8 @@ uncompressed document).
 
 from __future__ import annotations
 
+import math
 import random
-import time
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import attrs
@@ -94,7 +94,14 @@ class AnswerRow:
     doc_tokens: int  # document tokens the reader read (after the cut), summed
 
     def as_json(self) -> dict[str, Any]:
-        return attrs.asdict(self)
+        """The row with null for a rate that has nothing to rate (JSON has no NaN)."""
+        return {k: _no_nan(v) for k, v in attrs.asdict(self, recurse=False).items()}
+
+
+def _no_nan(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_no_nan(v) for v in value]
+    return None if isinstance(value, float) and math.isnan(value) else value
 
 
 @attrs.frozen
