@@ -363,6 +363,7 @@ def _needle_answers(args: argparse.Namespace, corpus: Any, compressors: dict[str
     from tqdm import tqdm
 
     from helix_framework.needle import answer_table, ask_plan, run_answers
+    from helix_framework.needle.answers import UNCOMPRESSED, sample_answers
     from helix_framework.needle.reader import load_chat_reader
 
     t0 = time.perf_counter()
@@ -381,8 +382,6 @@ def _needle_answers(args: argparse.Namespace, corpus: Any, compressors: dict[str
                      "window": reader.window, "max_new_tokens": reader.max_new_tokens},
                      "ratios": ratios, "compressors": list(compressors), "wall_seconds": wall, **run.as_json()})
         return EXIT_OK
-    from helix_framework.needle.answers import UNCOMPRESSED, sample_answers
-
     print(corpus_line)
     print(f"{asked}; {reading}")
     print(answer_table(run.rows))
