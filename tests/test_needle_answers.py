@@ -271,3 +271,19 @@ def test_reader_that_is_not_a_decoder_is_refused(capsys):
     assert main(["needle", "--answer", "--reader", "minilm", "--compressor", "truncate", "--json"]) == 2
     out, err = capsys.readouterr()
     assert out == "" and len(err.strip().splitlines()) == 1 and "not a decoder" in err
+
+
+def test_cli_answer_text_report_with_a_scripted_reader(tmp_path, monkeypatch, capsys):
+    import helix_framework.needle.reader as reader_module
+
+    text = _corpus().docs[0].text
+    needles = [{"key": n.key, "value": n.value} for n in _corpus().needles]
+    path = _manifest(tmp_path, text.encode(), needles)
+    monkeypatch.setattr(reader_module, "load_chat_reader", lambda *a, **k: ScriptedReader(6, _answer))
+    assert main(["needle", "--answer", "--corpus", str(path), "--compressor", "truncate", "--ratio", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "asked 3 needles in 1 documents (at most 4 per document) in 2 conditions" in out
+    assert "1 contexts computed, 1 reused" in out
+    sample = out.split("sample of graded answers")[1].strip().splitlines()[1:]
+    assert len(sample) == 6 and sum(line.lstrip().startswith("guess") for line in sample) == 2
+    assert "truncate 0.5" in out and "uncompressed" in out
