@@ -339,13 +339,13 @@ def _default_compressor(host: Any) -> str:
 def cmd_compress(args: argparse.Namespace) -> int:
     import time
 
+    from helix_framework.compressor import read_text_file
     from helix_framework.errors import HelixError
     from helix_framework.host import get_host
 
-    try:
-        text = Path(args.file).read_text(encoding="utf-8", errors="replace")
-    except OSError as exc:
-        raise HelixError(f"{args.file}: cannot read: {exc.strerror or exc}") from None
+    if args.max_bytes < 1:
+        raise HelixError(f"--max-bytes must be >= 1; got {args.max_bytes}")
+    text = read_text_file(args.file, args.max_bytes)
     host = get_host()
     name = args.compressor or _default_compressor(host)
     compressor = host.compressor(name)
@@ -547,6 +547,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-chars", type=int, metavar="N", help="at most N characters out (default: half the input)")
     p.add_argument("--content-type", choices=["diff", "patch", "log", "code", "json", "prose"], metavar="T",
                    help="diff, patch, log, code, json or prose (default: detected)")
+    p.add_argument("--max-bytes", type=int, default=64 * 1024 * 1024, metavar="N",
+                   help="refuse a FILE larger than N bytes (default 64 MiB); only regular files are read")
     p.add_argument("--json", action="store_true", help="print JSON with the text, ratio, path, fallback, milliseconds")
     p.set_defaults(func=cmd_compress)
 

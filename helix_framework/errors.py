@@ -109,6 +109,14 @@ class SourceError(HelixError):
         super().__init__(f"{': '.join(parts)}: {message}" if parts else message)
 
 
+class InputFileError(HelixError):
+    """An input file cannot be read within its limits (not a regular file, too large)."""
+
+    def __init__(self, message: str, *, path: str):
+        self.path = path
+        super().__init__(f"{path}: {message}")
+
+
 class MeasurementError(HelixError):
     """A measurement cannot be computed on this input (never a placeholder)."""
 
