@@ -27,7 +27,7 @@ from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, Iterabl
 from helix_framework.codec import NoParams
 from helix_framework.errors import CalibrationEqualsMeasurement, ConfigError, HelixError
 from helix_framework.params import ParamError
-from helix_framework.yaml_loading import YamlDocument, load_yaml  # noqa: F401  (re-exported: sweep.py)
+from helix_framework.yaml_loading import YamlDocument, load_yaml, read_yaml_file  # noqa: F401  (load_yaml: re-exported)
 
 ROUTES = ("passthrough", "skip", "codec")
 
@@ -197,9 +197,6 @@ def _first_error(exc: BaseException, path: str) -> tuple[str, str]:
     return path, message or type(exc).__name__
 
 
-# -- YAML with line numbers (bounded: see yaml_loading) ------------------
-
-
 # -- the candidate ---------------------------------------------------------
 
 
@@ -299,14 +296,7 @@ class _CandidateShape:
 
 def read_config_file(path: str | Path) -> YamlDocument:
     """Read one YAML config file (a candidate or a sweep) with its key lines."""
-    file = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError("no such file", file=file) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read: {exc}", file=file) from None
-    return load_yaml(text, file)
+    return read_yaml_file(path)
 
 
 def is_sweep(doc: YamlDocument) -> bool:

@@ -113,6 +113,7 @@ class InputFileError(HelixError):
     """An input file cannot be read within its limits (not a regular file, too large)."""
 
     def __init__(self, message: str, *, path: str):
+        self.message = message
         self.path = path
         super().__init__(f"{path}: {message}")
 

@@ -11,16 +11,20 @@ visits each distinct node once, so time and memory stay linear in the text.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Mapping
 
 import attrs
 import yaml
 
-from helix_framework.errors import ConfigError
+from helix_framework.bounded_read import read_regular_file
+from helix_framework.errors import ConfigError, InputFileError
 
 #: Expanded nodes allowed per byte of YAML text, and the floor for small files.
 NODES_PER_BYTE = 4
 MIN_NODE_BUDGET = 100_000
+#: Largest config or sweep file read (a real one is a few kilobytes).
+MAX_FILE_BYTES = 16 * 1024 * 1024
 
 
 def alias_budget(text: str) -> int:
@@ -49,6 +53,18 @@ class YamlDocument:
 
     def error(self, exc: ConfigError) -> ConfigError:
         return exc.located(file=self.file, line=self.line_of(exc.path))
+
+
+def read_yaml_file(path: str | os.PathLike[str]) -> YamlDocument:
+    """Read and load one YAML file: a regular file of at most `MAX_FILE_BYTES`."""
+    file = os.fspath(path)
+    try:
+        text = read_regular_file(file, MAX_FILE_BYTES).decode("utf-8")
+    except InputFileError as exc:
+        raise ConfigError(exc.message, file=file) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"cannot read: {exc}", file=file) from None
+    return load_yaml(text, file)
 
 
 def load_yaml(text: str, file: str | None = None) -> YamlDocument:

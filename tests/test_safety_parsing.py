@@ -19,8 +19,6 @@ import pytest
 
 from helix_framework import cli
 
-ROOT = Path(__file__).resolve().parent.parent
-PASSTHROUGH = str(ROOT / "configs" / "codec" / "00_passthrough.yaml")
 DEEP = 100_000
 
 
@@ -53,8 +51,8 @@ def helix_process(*argv: str, timeout: float = 120) -> tuple[int, str]:
     return proc.returncode, proc.stderr
 
 
-def calibrate(capsys, model: Path, tmp_path: Path) -> tuple[int, str]:
-    return helix(capsys, "calibrate", str(model), "--config", PASSTHROUGH, "--out", str(tmp_path / "out"))
+def open_model(capsys, model: Path) -> tuple[int, str]:
+    return helix(capsys, "tensors", str(model))
 
 
 # ---------------------------------------------------------------- YAML
@@ -96,6 +94,15 @@ def test_hostile_yaml_is_one_line(capsys, tmp_path, text, needle):
     one_line_error(*helix(capsys, "check", str(path)), str(path), needle)
 
 
+@pytest.mark.parametrize("kind", ["dev_zero", "fifo"])
+def test_config_that_is_not_a_regular_file(tmp_path, kind):
+    target = "/dev/zero" if kind == "dev_zero" else str(tmp_path / "c.yaml")
+    if kind == "fifo":
+        os.mkfifo(target)
+    code, err = helix_process("check", target, timeout=60)
+    one_line_error(code, err, target, "not a regular file")
+
+
 def test_small_anchors_still_work(capsys, tmp_path):
     path = tmp_path / "anchored.yaml"
     path.write_text(
@@ -128,20 +135,20 @@ def nested(depth: int) -> str:
 
 def test_deeply_nested_safetensors_header(capsys, tmp_path):
     path = safetensors_with_header(tmp_path / "deep.safetensors", f'{{"__metadata__": {nested(DEEP)}}}'.encode())
-    one_line_error(*calibrate(capsys, path, tmp_path), str(path), "safetensors header", "nested too deeply")
+    one_line_error(*open_model(capsys, path), str(path), "safetensors header", "nested too deeply")
 
 
 def test_huge_integer_in_safetensors_header(capsys, tmp_path):
     header = '{"w": {"dtype": "F32", "shape": [' + "9" * 5000 + '], "data_offsets": [0, 4]}}'
     path = safetensors_with_header(tmp_path / "big.safetensors", header.encode(), bytes(4))
-    one_line_error(*calibrate(capsys, path, tmp_path), str(path), "safetensors header")
+    one_line_error(*open_model(capsys, path), str(path), "safetensors header")
 
 
 def test_repeated_tensor_name_in_safetensors_header(capsys, tmp_path):
     entry = '"w": {{"dtype": "F32", "shape": [4], "data_offsets": [{}, {}]}}'
     header = "{" + entry.format(0, 16) + ", " + entry.format(16, 32) + "}"
     path = safetensors_with_header(tmp_path / "dup.safetensors", header.encode(), bytes(32))
-    one_line_error(*calibrate(capsys, path, tmp_path), str(path), "'w' appears twice")
+    one_line_error(*open_model(capsys, path), str(path), "'w' appears twice")
 
 
 def hf_dir(d: Path, *, config: str = '{"model_type": "llama"}', index: str | None = None) -> Path:
@@ -171,7 +178,7 @@ def hf_dir(d: Path, *, config: str = '{"model_type": "llama"}', index: str | Non
 )
 def test_hostile_hf_directory(capsys, tmp_path, part, make, needles):
     d = make(tmp_path / "model")
-    one_line_error(*calibrate(capsys, d, tmp_path), str(d / part), *needles)
+    one_line_error(*open_model(capsys, d), str(d / part), *needles)
 
 
 def test_hf_directory_still_opens(tmp_path):
@@ -246,7 +253,7 @@ def test_hostile_gguf(capsys, tmp_path, case):
     data, needles = GGUF_CASES[case]
     path = tmp_path / "m.gguf"
     path.write_bytes(data)
-    one_line_error(*calibrate(capsys, path, tmp_path), str(path), *needles)
+    one_line_error(*open_model(capsys, path), str(path), *needles)
 
 
 def test_handmade_gguf_is_read(tmp_path):
@@ -266,7 +273,7 @@ def test_handmade_gguf_is_read(tmp_path):
 def test_fifo_as_model_is_refused_without_blocking(tmp_path):
     fifo = tmp_path / "m.safetensors"
     os.mkfifo(fifo)
-    code, err = helix_process("calibrate", str(fifo), "--config", PASSTHROUGH, "--out", str(tmp_path / "out"), timeout=60)
+    code, err = helix_process("tensors", str(fifo), timeout=60)
     one_line_error(code, err, str(fifo), "not a regular file")
 
 
