@@ -73,6 +73,25 @@ def test_alias_bomb_config_is_refused(tmp_path):
     one_line_error(code, err, str(path), "aliases expand to more than")
 
 
+def test_alias_bomb_is_refused_in_small_memory(tmp_path):
+    path = tmp_path / "bomb.yaml"
+    path.write_text(billion_laughs())
+    script = (
+        "import sys, tracemalloc\n"
+        "from helix_framework.config import load_yaml\n"
+        "from helix_framework.errors import ConfigError\n"
+        "tracemalloc.start()\n"
+        "try:\n"
+        "    load_yaml(open(sys.argv[1]).read(), sys.argv[1])\n"
+        "except ConfigError:\n"
+        "    print(tracemalloc.get_traced_memory()[1])\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=60,
+                          preexec_fn=_limit_memory)
+    assert proc.returncode == 0 and proc.stdout.strip(), proc.stderr
+    assert int(proc.stdout) < 2_000_000  # bytes: the refusal is made before anything expands
+
+
 def test_alias_bomb_sweep_file_is_refused(tmp_path):
     path = tmp_path / "sweep.yaml"
     path.write_text("model: x\n" + billion_laughs().replace("a:", "fixed:", 1))
@@ -113,10 +132,11 @@ def test_small_anchors_still_work(capsys, tmp_path):
     )
     code, _ = helix(capsys, "check", str(path))
     assert code == 0
-    from helix_framework.yaml_loading import load_yaml
+    from helix_framework.config import load_yaml
 
     doc = load_yaml("base: &b {x: 1, y: [1, 2]}\nleft: *b\nright: {<<: *b, z: 3}\n")
-    assert doc.data == {"base": {"x": 1, "y": [1, 2]}, "left": {"x": 1, "y": [1, 2]}, "right": {"x": 1, "y": [1, 2], "z": 3}}
+    base = {"x": 1, "y": [1, 2]}
+    assert doc.data == {"base": base, "left": base, "right": {**base, "z": 3}}
     assert doc.lines["$.left.y[1]"] == 1  # aliased nodes keep the anchor's lines
 
 
@@ -179,6 +199,15 @@ def hf_dir(d: Path, *, config: str = '{"model_type": "llama"}', index: str | Non
 def test_hostile_hf_directory(capsys, tmp_path, part, make, needles):
     d = make(tmp_path / "model")
     one_line_error(*open_model(capsys, d), str(d / part), *needles)
+
+
+def test_tensor_in_two_shards_is_refused(capsys, tmp_path):
+    """Already refused before the hostile-input work; kept here with its siblings."""
+    d = hf_dir(tmp_path / "model")
+    header = ('{"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}, '
+              '"b": {"dtype": "F32", "shape": [4], "data_offsets": [16, 32]}}')
+    safetensors_with_header(d / "model-2.safetensors", header.encode(), bytes(32))
+    one_line_error(*open_model(capsys, d), str(d), "tensor 'a'", "stored twice")
 
 
 def test_hf_directory_still_opens(tmp_path):

@@ -142,7 +142,9 @@ def read_header(path: str | Path, mapped: np.ndarray | None = None) -> GGUFHeade
         dims = tuple(cur.take("<Q") for _ in range(n_dims))
         entry = GGUFTensorEntry(name, dims, cur.take("<I"), cur.take("<Q"))
         if entry.offset % alignment:
-            raise GGUFFormatError(f"tensor {name!r}: data offset {entry.offset} is not a multiple of the alignment {alignment}")
+            raise GGUFFormatError(
+                f"tensor {name!r}: data offset {entry.offset} is not a multiple of the alignment {alignment}"
+            )
         tensors.append(entry)
     data_start = -(-cur.pos // alignment) * alignment
     return GGUFHeader(version, metadata, tensors, data_start)

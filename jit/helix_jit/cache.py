@@ -188,7 +188,8 @@ def read_disk(sig: str) -> bytes | None:
         payload = data[head:]
         ok = len(payload) == length and entry_digest(sig, payload) == digest
     if not ok:
-        why = "from an older cache format" if data.startswith(b"HELIXJIT1\n") else "truncated, corrupt or not stored under this signature"
+        why = ("from an older cache format" if data.startswith(b"HELIXJIT1\n")
+               else "truncated, corrupt or not stored under this signature")
         log.warning("helix-jit cache entry %s is %s; discarding and recompiling", p, why)
         with contextlib.suppress(OSError):
             p.unlink()
