@@ -97,6 +97,7 @@ def test_alias_bomb_sweep_file_is_refused(tmp_path):
     path.write_text("model: x\n" + billion_laughs().replace("a:", "fixed:", 1))
     code, err = helix_process("sweep", str(path), "--db", str(tmp_path / "db"), timeout=60)
     one_line_error(code, err, str(path), "aliases expand to more than")
+    assert not (tmp_path / "db").exists()
 
 
 @pytest.mark.parametrize(
