@@ -16,7 +16,6 @@ import dataclasses
 import hashlib
 import logging
 import os
-import re
 import shutil
 import stat
 import time
@@ -36,7 +35,7 @@ from helix_framework.config import CandidateConfig, kernel_signature
 from helix_framework.errors import HelixError, OutputError
 from helix_framework.measurement import MeasureContext
 from helix_framework.rotation import RotationState
-from helix_framework.routing import route_tensor
+from helix_framework.routing import NOT_SELECTED, require_selection, route_tensor, tensor_selector
 from helix_framework.models import resolve_model
 from helix_framework.sources import ModelSource, open_source
 
@@ -275,6 +274,8 @@ class CalibrationSummary:
     flags: dict[str, int]
     kernels: dict[str, int]
     token_agreement: dict[str, Any] | None = None
+    #: set when --tensors left codec tensors uncompressed (see `partial_of`)
+    partial: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return attrs.asdict(self)
@@ -297,8 +298,8 @@ def calibrate(
     the previous result whole.
     """
     comp = resolve(candidate, host)
+    selector = tensor_selector(tensors)
     out = Path(out_dir)
-    selector = re.compile(tensors) if tensors else None
     started = time.perf_counter()
     model = resolve_model(model)
     with open_source(model) as source:
@@ -306,6 +307,7 @@ def calibrate(
             if (problem := artifacts.rebuild_problem(info.dtype, info.shape)) is not None:
                 raise CalibrationError(f"tensor {info.name!r}: {problem}; decode could not rebuild it, "
                                        "so it is refused")
+        require_selection(selector, source.tensors(), candidate.routes)
         created = artifacts.make_output_dir(out)
         try:
             with outlock.hold(out, "calibrate"):
@@ -395,16 +397,43 @@ def _add_token_agreement(model: Path, out: Path, manifest: dict[str, Any], host:
     with open_source(model) as source:
         report = agree(model, weights=weights_from_artifacts(out, source, host),
                        candidate_name=manifest["config"]["name"], source=source)
-    manifest["token_agreement"] = report.to_json()
-    summary = attrs.evolve(_summarize(manifest, str(out), time.perf_counter() - started),
-                           token_agreement=_agreement_headline(report.to_json()))
+    summary = _summarize(manifest, str(out), time.perf_counter() - started)
+    manifest["token_agreement"] = mark_partial(report.to_json(), summary.partial)
+    summary = attrs.evolve(summary, token_agreement=_agreement_headline(manifest["token_agreement"]))
     manifest["summary"] = summary.to_json()
     artifacts.write_json_atomic(out / artifacts.MANIFEST, manifest)
     return summary
 
 
+def partial_of(entries: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """``{"compressed": N, "codec_tensors": M, "message": ...}`` for a run whose
+    ``--tensors`` left codec tensors uncompressed (manifest entries in), else None."""
+    return partial_result(sum(e["route"] == "codec" for e in entries),
+                          sum(e.get("reason") == NOT_SELECTED for e in entries))
+
+
+def partial_result(compressed: int, left_out: int) -> dict[str, Any] | None:
+    """The `partial_of` record from counts: codec tensors compressed, and
+    codec tensors ``--tensors`` left out."""
+    if not left_out:
+        return None
+    total = compressed + left_out
+    return {"compressed": compressed, "codec_tensors": total,
+            "message": f"partial: {compressed} of {total} codec tensors compressed"}
+
+
+def mark_partial(agreement: dict[str, Any], partial: dict[str, Any] | None) -> dict[str, Any]:
+    """An agreement result of a partial candidate never certifies the model:
+    ``certified`` false and a verdict that starts with the partial message."""
+    if partial is None or str(agreement.get("verdict", "")).startswith("partial:"):
+        return agreement
+    return {**agreement, "certified": False, "partial": partial,
+            "verdict": f"{partial['message']}; not a verdict on the model "
+                       f"(on the compressed tensors alone: {agreement['verdict']})"}
+
+
 def _agreement_headline(data: dict[str, Any]) -> dict[str, Any]:
-    keys = ("positions", "top1", "top5", "certified", "verdict", "sentences", "cosine_mean", "cosine_min")
+    keys = ("positions", "top1", "top5", "certified", "verdict", "sentences", "cosine_mean", "cosine_min", "partial")
     out = {k: data[k] for k in keys if k in data}
     if "kl" in data:
         out["kl_mean"] = data["kl"]["mean"]
@@ -437,7 +466,7 @@ def route_and_read(source: ModelSource, info: Any, candidate: CandidateConfig, s
     decision = route_tensor(name, shape, candidate.routes)
     route, reason, reshape = decision.route, decision.reason, decision.reshape
     if selector is not None and not selector.search(name) and route == "codec":
-        route, reason = "passthrough", "not selected by --tensors; kept as is"
+        route, reason = "passthrough", NOT_SELECTED
     x = None
     if route == "codec":
         try:
@@ -541,6 +570,7 @@ def _summarize(manifest: dict[str, Any], out_dir: str, seconds: float) -> Calibr
         seconds=seconds,
         flags=flags,
         kernels={k: v for k, v in kernels.items() if isinstance(v, int)},
+        partial=partial_of(entries),
     )
 
 

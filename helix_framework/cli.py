@@ -111,10 +111,12 @@ def print_summary(summary: dict[str, Any]) -> None:
     rows += [(f"kernels {k}", v) for k, v in summary["kernels"].items()]
     agreement = summary.get("token_agreement")
     if agreement:
-        rows += [(f"token agreement {k}", _fmt(v)) for k, v in agreement.items() if k != "verdict"]
+        rows += [(f"token agreement {k}", _fmt(v)) for k, v in agreement.items() if k not in ("verdict", "partial")]
     print(_table(rows, (f"figure ({label} rows)", "value")))
     if agreement:
         print(agreement["verdict"])
+    elif summary.get("partial"):
+        print(summary["partial"]["message"])
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
@@ -161,9 +163,17 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from helix_framework.artifacts import read_manifest
+    from helix_framework.calibrate import mark_partial, partial_of
 
     manifests = [read_manifest(Path(d)) for d in args.dirs]
-    summaries = [m["summary"] for m in manifests]
+    summaries = []
+    for m in manifests:
+        # partial is recomputed from the entries: manifests written before the summary said so
+        partial = partial_of(m["tensors"])
+        s = {**m["summary"], "partial": partial}
+        if s.get("token_agreement"):
+            s["token_agreement"] = mark_partial(s["token_agreement"], partial)
+        summaries.append(s)
     # a column per run: its candidate, the model it compressed and where it lives
     columns = [f"{s['candidate']} on {Path(m['source']['path']).name} ({d})" for s, m, d in zip(summaries, manifests, args.dirs)]
     keys: list[str] = []
@@ -185,13 +195,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
     for s, column in zip(summaries, columns):
         if s.get("token_agreement"):
             print(f"{column}: {s['token_agreement']['verdict']}")
+        elif s["partial"]:
+            print(f"{column}: {s['partial']['message']}")
     return EXIT_OK
 
 
 def cmd_agree(args: argparse.Namespace) -> int:
-    from helix_framework.agree import agree, weights_from_artifacts, weights_from_config
+    from helix_framework.agree import agree, is_encoder, weights_from_artifacts, weights_from_config
+    from helix_framework.artifacts import read_manifest
+    from helix_framework.calibrate import mark_partial, partial_of
     from helix_framework.config import load_candidate
     from helix_framework.host import get_host
+    from helix_framework.measure.agreement import MIN_POSITIONS
     from helix_framework.models import resolve_model
     from helix_framework.sources import open_source
 
@@ -199,6 +214,10 @@ def cmd_agree(args: argparse.Namespace) -> int:
 
     host = get_host()
     source = open_source(resolve_model(args.model))
+    given = [f"--{k}" for k in ("positions", "window") if getattr(args, k) is not None]
+    if given and is_encoder(source):
+        raise AgreementError(f"{' and '.join(given)} apply to decoders; {args.model} is an encoder, scored on "
+                             "every sentence of the prompt set (give --prompts to change them)")
     if args.engine == "adc" and not args.artifacts:
         raise AgreementError("--engine adc runs from codes: give --artifacts DIR (a calibration output)")
     if args.artifacts:
@@ -208,8 +227,11 @@ def cmd_agree(args: argparse.Namespace) -> int:
         weights, name = weights_from_config(source, candidate, host), candidate.name
     linears = adc_linears(args.artifacts, host) if args.engine == "adc" else None
     report = agree(args.model, weights=weights, candidate_name=name, prompts_dir=args.prompts,
-                   positions=args.positions, window=args.window, source=source, linears=linears)
+                   positions=MIN_POSITIONS if args.positions is None else args.positions,
+                   window=512 if args.window is None else args.window, source=source, linears=linears)
     data = report.to_json()
+    if args.artifacts:
+        data = mark_partial(data, partial_of(read_manifest(Path(args.artifacts))["tensors"]))
     if args.json:
         _print_json(data)
     else:
@@ -510,8 +532,11 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--artifacts", metavar="DIR", help="a calibration output of MODEL")
     which.add_argument("--config", metavar="FILE", help="a candidate, calibrated in memory")
     p.add_argument("--prompts", metavar="DIR", help="directory of *.txt prompts (default: the built-in set)")
-    p.add_argument("--positions", type=int, default=2000, metavar="N", help="teacher-forced positions (default 2000)")
-    p.add_argument("--window", type=int, default=512, metavar="T", help="tokens per independent window (default 512)")
+    p.add_argument("--positions", type=int, metavar="N",
+                   help="teacher-forced positions of a decoder (default 2000); refused for an encoder, which is "
+                        "scored on every sentence of the prompt set")
+    p.add_argument("--window", type=int, metavar="T",
+                   help="tokens per independent window of a decoder (default 512); refused for an encoder")
     p.add_argument("--engine", choices=("dense", "adc"), default="dense",
                    help="adc: compressed layers multiply from their codes (codecs with compressed_matmul)")
     p.add_argument("--json", action="store_true", help="print every figure as JSON")
@@ -532,14 +557,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
     p.set_defaults(func=cmd_probe)
 
-    p = sub.add_parser("jit", help="the compiled-kernel cache")
-    jit_sub = p.add_subparsers(dest="jit_command", metavar="ACTION")
+    jit = sub.add_parser("jit", help="the compiled-kernel cache")
+    jit_sub = jit.add_subparsers(dest="jit_command", metavar="ACTION")
     q = jit_sub.add_parser("stats", help="entries, bytes, hits, misses, compile time")
     q.add_argument("--json", action="store_true", help="print the figures as JSON")
     q.set_defaults(func=cmd_jit_stats)
     q = jit_sub.add_parser("clear", help="remove every cached kernel")
     q.set_defaults(func=cmd_jit_clear)
-    p.set_defaults(func=lambda a: _usage(p))
+    jit.set_defaults(func=lambda a: _usage(jit, "helix jit needs an action: stats or clear"))
 
     p = sub.add_parser("compress", help="compress a text file with a context compressor")
     p.add_argument("file", metavar="FILE", help="a text file")
@@ -595,8 +620,23 @@ def _verbose_everywhere(sub: Any) -> None:
                        help="log progress at INFO to stderr")
 
 
-def _usage(parser: argparse.ArgumentParser) -> int:
+def _check_environment() -> None:
+    """Settings read deep inside a run are checked before any work, so a bad
+    value is one line up front rather than a traceback midway."""
+    import helix_jit
+
+    from helix_framework.errors import EnvironmentSettingError
+
+    try:
+        helix_jit.threads()
+    except ValueError as exc:
+        raise EnvironmentSettingError(str(exc), variable="HELIX_JIT_THREADS") from None
+
+
+def _usage(parser: argparse.ArgumentParser, message: str) -> int:
+    """A usage error: the command's own usage, then one line saying what is missing."""
     parser.print_usage(sys.stderr)
+    print(f"helix: error: {message}", file=sys.stderr)
     return EXIT_ERROR
 
 
@@ -612,6 +652,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from helix_framework.errors import HelixError
 
     try:
+        _check_environment()
         return func(args)
     except HelixError as exc:
         print(f"helix: error: {exc}", file=sys.stderr)

@@ -149,3 +149,20 @@ class OutputLocked(OutputError):
         if command:
             holder += f" ({command})"
         super().__init__(f"in use by {holder}; wait for it to finish or choose another directory", path=path)
+
+
+class TensorFilterError(HelixError):
+    """A ``--tensors`` regex (or a sweep's ``tensors:``) is invalid or selects
+    no tensor the codec would compress."""
+
+    def __init__(self, message: str, *, pattern: str):
+        self.pattern = pattern
+        super().__init__(message)
+
+
+class EnvironmentSettingError(HelixError):
+    """An environment variable the tool reads has a value it cannot use."""
+
+    def __init__(self, message: str, *, variable: str):
+        self.variable = variable
+        super().__init__(message)

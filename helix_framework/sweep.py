@@ -70,6 +70,7 @@ from helix_framework.config import (
     structure,
 )
 from helix_framework.errors import ConfigError, HelixError
+from helix_framework.routing import NOT_SELECTED, tensor_selector
 
 log = logging.getLogger(__name__)
 
@@ -343,7 +344,7 @@ def run_candidate(task: dict[str, Any]) -> dict[str, Any]:
     import helix_jit
     from threadpoolctl import threadpool_limits
 
-    from helix_framework.calibrate import calibrate_matrix, resolve, route_and_read
+    from helix_framework.calibrate import calibrate_matrix, mark_partial, partial_result, resolve, route_and_read
     from helix_framework.host import get_host
     from helix_framework.sources import open_source
 
@@ -356,13 +357,15 @@ def run_candidate(task: dict[str, Any]) -> dict[str, Any]:
         cand = candidate_from_mapping(task["mapping"], host)
         comp = resolve(cand, host)
         want_agree = "token_agreement" in cand.measure
-        selector = re.compile(task["tensors"]) if task.get("tensors") else None
+        selector = tensor_selector(task.get("tensors"))
         weights: dict[str, Any] = {}
+        left_out = 0
         with open_source(task["model"]) as source, helix_jit.record_kernels() as rec, \
                 threadpool_limits(1, "blas"):
             for info in source.tensors():
                 routed = route_and_read(source, info, cand, selector)
                 if routed.route != "codec":
+                    left_out += routed.reason == NOT_SELECTED
                     continue
                 x = routed.rows
                 result = calibrate_matrix(x, info.name, comp)
@@ -389,6 +392,7 @@ def run_candidate(task: dict[str, Any]) -> dict[str, Any]:
         summary.update(_summary_figures(tensor_rows, cand.in_sample))
         summary.update({"calibrate_s": calibrate_s, "agree_s": agree_s})
         if agreement is not None:
+            agreement = mark_partial(agreement, partial_result(len(tensor_rows), left_out))
             lo, hi = agreement["intervals"]["top1"]
             summary.update({
                 "positions": int(agreement["positions"]), "top1": float(agreement["top1"]),

@@ -47,6 +47,7 @@ __all__ = [
     "pq_decode_reference",
     "record_kernels",
     "split_widths",
+    "threads",
     "supported_lane_widths",
 ]
 
@@ -69,6 +70,7 @@ _LAZY = {
     "record_kernels": ("helix_jit.cache", "record_kernels"),
     "CacheStats": ("helix_jit.cache", "CacheStats"),
     "KernelUse": ("helix_jit.cache", "KernelUse"),
+    "threads": ("helix_jit._rows", "threads"),
 }
 
 
