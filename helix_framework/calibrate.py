@@ -427,9 +427,13 @@ def mark_partial(agreement: dict[str, Any], partial: dict[str, Any] | None) -> d
     ``certified`` false and a verdict that starts with the partial message."""
     if partial is None or str(agreement.get("verdict", "")).startswith("partial:"):
         return agreement
+    verdict = str(agreement["verdict"])
+    if agreement.get("certified"):
+        verdict = "the gate is met with only these tensors compressed: " + verdict.removeprefix("certified: ")
+    else:
+        verdict = "with only these tensors compressed: " + verdict
     return {**agreement, "certified": False, "partial": partial,
-            "verdict": f"{partial['message']}; not a verdict on the model "
-                       f"(on the compressed tensors alone: {agreement['verdict']})"}
+            "verdict": f"{partial['message']}; not a verdict on the model ({verdict})"}
 
 
 def _agreement_headline(data: dict[str, Any]) -> dict[str, Any]:

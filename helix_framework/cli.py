@@ -216,7 +216,8 @@ def cmd_agree(args: argparse.Namespace) -> int:
     source = open_source(resolve_model(args.model))
     given = [f"--{k}" for k in ("positions", "window") if getattr(args, k) is not None]
     if given and is_encoder(source):
-        raise AgreementError(f"{' and '.join(given)} apply to decoders; {args.model} is an encoder, scored on "
+        raise AgreementError(f"{' and '.join(given)} {'apply' if len(given) > 1 else 'applies'} to decoders only; "
+                             f"{args.model} is an encoder, scored on "
                              "every sentence of the prompt set (give --prompts to change them)")
     if args.engine == "adc" and not args.artifacts:
         raise AgreementError("--engine adc runs from codes: give --artifacts DIR (a calibration output)")
