@@ -11,7 +11,6 @@ import pytest
 from safetensors.numpy import save_file
 
 from helix_framework import artifacts
-from helix_framework.calibrate import mark_partial
 from helix_framework.sweep import run_candidate
 from helix_test_support import run_helix
 
@@ -144,6 +143,8 @@ def test_compare_never_reports_a_partial_candidate_as_certified(model, config, t
 
 
 def test_mark_partial_keeps_the_figures_and_withdraws_the_certificate():
+    from helix_framework.calibrate import mark_partial
+
     data = {"top1": 0.999, "certified": True, "verdict": "certified: top-1 0.9990 >= 0.99, top-5 1.0000 >= 0.999"}
     partial = {"compressed": 6, "codec_tensors": 37, "message": "partial: 6 of 37 codec tensors compressed"}
     marked = mark_partial(data, partial)
