@@ -138,7 +138,8 @@ def test_compare_never_reports_a_partial_candidate_as_certified(model, config, t
     artifacts.write_json_atomic(out / artifacts.MANIFEST, {**manifest, "summary": summary})
     proc = run_helix(["compare", str(out)], check=True)
     last = proc.stdout.strip().splitlines()[-1]
-    assert last.startswith("rtn8: partial: 1 of 2 codec tensors compressed; not a verdict on the model (")
+    assert last.startswith(f"rtn8 on {model.name} ({out}): partial: 1 of 2 codec tensors compressed; "
+                           "not a verdict on the model (")
     assert not re.search(r"(^|: )certified", last)
 
 
@@ -176,7 +177,7 @@ def test_token_agreement_of_a_partial_candidate_never_certifies(tmp_path):
     assert data["partial"] == {"compressed": 1, "codec_tensors": 37,
                                "message": "partial: 1 of 37 codec tensors compressed"}
     compare = run_helix(["compare", str(out)], check=True)
-    assert compare.stdout.strip().splitlines()[-1] == f"rtn8_one: {ta['verdict']}"
+    assert compare.stdout.strip().splitlines()[-1].endswith(f"({out}): {ta['verdict']}")
 
 
 @pytest.mark.slow
