@@ -152,8 +152,8 @@ class OutputLocked(OutputError):
 
 
 class TensorFilterError(HelixError):
-    """A ``--tensors`` regex (or a sweep's ``tensors:``) is invalid or selects
-    no tensor the codec would compress."""
+    """A ``--tensors`` regex is invalid or selects no tensor the codec would
+    compress."""
 
     def __init__(self, message: str, *, pattern: str):
         self.pattern = pattern

@@ -253,20 +253,18 @@ def route_tensor(name: str, shape: Sequence[int], rules: Any = ()) -> RouteDecis
 NOT_SELECTED = "not selected by --tensors; kept as is"
 
 
-def tensor_selector(pattern: str | None, *, label: str = "--tensors") -> re.Pattern[str] | None:
+def tensor_selector(pattern: str | None) -> re.Pattern[str] | None:
     """The compiled ``--tensors`` regex (searched in each full tensor name), or
-    None when every tensor is selected. ``label`` names the option or key in
-    the error."""
+    None when every tensor is selected."""
     if not pattern:
         return None
     try:
         return re.compile(pattern)
     except re.error as exc:
-        raise TensorFilterError(f"{label} {pattern!r}: invalid regular expression: {exc}", pattern=pattern) from None
+        raise TensorFilterError(f"--tensors {pattern!r}: invalid regular expression: {exc}", pattern=pattern) from None
 
 
-def require_selection(selector: re.Pattern[str] | None, tensors: Iterable[Any], rules: Any = (),
-                      *, label: str = "--tensors") -> None:
+def require_selection(selector: re.Pattern[str] | None, tensors: Iterable[Any], rules: Any = ()) -> None:
     """Refuse a selector that leaves the codec nothing: a run that compresses
     no tensor would look like a result. ``tensors``: objects with ``name`` and
     ``shape`` (a source's tensor infos)."""
@@ -278,7 +276,7 @@ def require_selection(selector: re.Pattern[str] | None, tensors: Iterable[Any], 
         return
     named = sum(bool(selector.search(t.name)) for t in infos)
     raise TensorFilterError(
-        f"{label} {selector.pattern!r} selects none of the {len(codec)} tensors routed to the codec "
+        f"--tensors {selector.pattern!r} selects none of the {len(codec)} tensors routed to the codec "
         f"(it matches {named} of {len(infos)} tensor names)", pattern=selector.pattern)
 
 
