@@ -47,8 +47,8 @@ __all__ = [
     "pq_decode_reference",
     "record_kernels",
     "split_widths",
-    "threads",
     "supported_lane_widths",
+    "threads",
 ]
 
 _LAZY = {
