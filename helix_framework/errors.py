@@ -166,3 +166,32 @@ class EnvironmentSettingError(HelixError):
     def __init__(self, message: str, *, variable: str):
         self.variable = variable
         super().__init__(message)
+
+
+class ParamError(ValueError):
+    """A params field has a bad value; ``field`` names it."""
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        self.message = message
+        super().__init__(f"{field}: {message}")
+
+
+class FrontierError(HelixError):
+    """No frontier can be drawn (no table, no candidate with the figure)."""
+
+
+class ArtifactError(HelixError):
+    """An artifact directory is missing, incomplete or does not match its manifest."""
+
+
+class SweepError(HelixError):
+    """A sweep cannot run (too large, invalid points under --strict, no model, ...)."""
+
+
+class SweepTooLarge(SweepError):
+    """The grid has more than MAX_POINTS points."""
+
+
+class GGUFFormatError(ValueError):
+    """The bytes are not a GGUF header this reader understands."""

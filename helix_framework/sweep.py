@@ -69,7 +69,7 @@ from helix_framework.config import (
     read_config_file,
     structure,
 )
-from helix_framework.errors import ConfigError, HelixError
+from helix_framework.errors import ConfigError, HelixError, SweepError, SweepTooLarge
 from helix_framework.routing import NOT_SELECTED, tensor_selector
 
 log = logging.getLogger(__name__)
@@ -81,12 +81,8 @@ CANDIDATE_KEYS = ("params", "rotation", "rows", "in_sample", "routes")
 WORKER_ENV = ("HELIX_JIT_CACHE_DIR", "HELIX_CACHE_DIR", "HELIX_JIT_DISABLE", "HELIX_JIT_THREADS")
 
 
-class SweepError(HelixError):
-    """A sweep cannot run (too large, invalid points under --strict, no model, ...)."""
 
 
-class SweepTooLarge(SweepError):
-    """The grid has more than MAX_POINTS points."""
 
 
 # -- the sweep file ------------------------------------------------------------

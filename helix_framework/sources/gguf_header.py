@@ -16,6 +16,8 @@ from typing import Any
 import attrs
 import numpy as np
 
+from helix_framework.errors import GGUFFormatError
+
 MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
 #: Arrays of arrays nested deeper than this are refused.
@@ -35,8 +37,6 @@ _MIN_KV = 8 + 4 + 1  # key length, value type, a one-byte value
 _MIN_TENSOR = 8 + 4 + 4 + 8  # name length, n_dims, type, offset
 
 
-class GGUFFormatError(ValueError):
-    """The bytes are not a GGUF header this reader understands."""
 
 
 @attrs.frozen
