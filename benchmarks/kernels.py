@@ -6,6 +6,9 @@ Run from the repository root:
 
 Prints markdown tables (median of several repeats, milliseconds). Uses a
 temporary HELIX_JIT_CACHE_DIR so the compile / disk-load figures are cold.
+Every comparison runs at equal thread counts, once with 1 and once with 2:
+the jit kernels (HELIX_JIT_THREADS), numpy's BLAS (threadpoolctl) and faiss
+(OpenMP) get the same number, so a ratio never compares 2 threads with 1.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import platform
 import statistics
 import sys
 import tempfile
+import contextlib
 import time
 
 os.environ.setdefault("HELIX_JIT_CACHE_DIR", tempfile.mkdtemp(prefix="helix-jit-bench-"))
@@ -62,6 +66,25 @@ def faiss_pq(cbs, d, M, K):
     pq = faiss.ProductQuantizer(d, M, 8 if K == 256 else 10)
     faiss.copy_array_to_vector(np.ascontiguousarray(np.stack(cbs)).ravel(), pq.centroids)
     return pq
+
+
+@contextlib.contextmanager
+def equal_threads(n):
+    """The jit kernels, BLAS and faiss all on ``n`` threads inside the block."""
+    from threadpoolctl import threadpool_limits
+
+    old = os.environ.get("HELIX_JIT_THREADS")
+    os.environ["HELIX_JIT_THREADS"] = str(n)
+    if faiss is not None:
+        faiss.omp_set_num_threads(n)
+    try:
+        with threadpool_limits(n):
+            yield
+    finally:
+        if old is None:
+            os.environ.pop("HELIX_JIT_THREADS")
+        else:
+            os.environ["HELIX_JIT_THREADS"] = old
 
 
 def row(cells):
@@ -178,19 +201,22 @@ def main():
 
     codegen.host()
     init_ms = (time.perf_counter() - t) * 1e3
-    print(f"LLVM target: {codegen.host()['cpu']} ({codegen.host()['triple']}), helix-jit threads: {__import__('helix_jit._rows')._rows.threads()}")
+    print(f"LLVM target: {codegen.host()['cpu']} ({codegen.host()['triple']})")
     rng = np.random.default_rng(0)
     which = set(sys.argv[1:]) or {"compile", "pq_assign", "pq_decode", "adc", "fwht"}
     if "compile" in which:
         bench_compile(init_ms)
-    if "pq_assign" in which:
-        bench_pq_assign(rng)
-    if "pq_decode" in which:
-        bench_pq_decode(rng)
-    if "adc" in which:
-        bench_adc(rng)
-    if "fwht" in which:
-        bench_fwht(rng)
+    for n in (1, 2):
+        print(f"\n## {n} thread{'s' if n > 1 else ''} for every kernel and baseline")
+        with equal_threads(n):
+            if "pq_assign" in which:
+                bench_pq_assign(rng)
+            if "pq_decode" in which:
+                bench_pq_decode(rng)
+            if "adc" in which:
+                bench_adc(rng)
+            if "fwht" in which:
+                bench_fwht(rng)
 
 
 if __name__ == "__main__":

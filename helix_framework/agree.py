@@ -26,7 +26,7 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import attrs
 import numpy as np
@@ -37,6 +37,7 @@ from helix_framework.config import CandidateConfig, canonical_json
 from helix_framework.errors import HelixError
 from helix_framework.measure.agreement import MIN_POSITIONS, AgreementAccumulator
 from helix_framework.prompts import Prompt, load_prompts
+from helix_framework.routing import require_selection, tensor_selector
 from helix_framework.sources import ModelSource
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,8 @@ def weights_from_config(source: ModelSource, candidate: CandidateConfig, host: A
     """Fit every routed matrix in memory (on its calibration rows, exactly as
     `helix calibrate` does) and keep the reconstructions."""
     comp = resolve(candidate, host)
-    selector = re.compile(tensors) if tensors else None
+    selector = tensor_selector(tensors)
+    require_selection(selector, source.tensors(), candidate.routes)
     seed = candidate.rows.seed
     out = {}
     for info in source.tensors():
@@ -99,41 +101,47 @@ def weights_from_config(source: ModelSource, candidate: CandidateConfig, host: A
     return out
 
 
+def is_encoder(source: ModelSource) -> bool:
+    """Whether ``source`` is scored on sentence embeddings (BERT family) rather
+    than on teacher-forced tokens; decided from its config, without loading it."""
+    from helix_framework.reference.loader import _model_type
+
+    return source.kind == "hf_directory" and _model_type(source) == "bert"
+
+
 def adc_linears(directory: str | Path, host: Any) -> dict[str, Any]:
     """Per compressed matrix, ``fn(x [T, in]) -> y [T, out]`` computed by the
-    jit ``adc_matvec`` kernel straight from the codes, with the candidate's
-    distance mode (lookup tables in uint8 or int8) and lane width.
+    codec's ``matmul`` straight from the codes (a codec declares it with
+    ``compressed_matmul = True``), with the candidate's own params.
 
     A row rotation Q (rows stored as w Q) is applied to x instead:
     (w Q) . (x Q) = w . x for orthonormal Q.
     """
-    import helix_jit
-
     from helix_framework.calibrate import split_arrays
     from helix_framework.codec import CodecState, Codes
+    from helix_framework.config import structure
     from helix_framework.rotation import RotationState
 
     directory = Path(directory)
     manifest = artifacts.read_manifest(directory)
-    codec = host.codec(manifest["codec"]["name"])
-    if not hasattr(codec, "adc_operands"):
-        raise AgreementError(f"--engine adc needs a codec with adc_operands; {manifest['codec']['name']!r} has none")
+    name = manifest["codec"]["name"]
+    codec = host.codec(name)
+    if not codec.compressed_matmul:
+        raise AgreementError(f"--engine adc needs a codec that multiplies from its codes (compressed_matmul); {name!r} does not")
     rotation = host.rotation(manifest["rotation"]["name"])
-    params = manifest["config"]["params"]
-    mode, lane = params.get("distance", "adc_u8"), params.get("lane_width", "F32x16")
+    params = structure(manifest["config"]["params"], codec.Params, path="$.config.params")
     out = {}
     for e in manifest["tensors"]:
         if e["route"] != "codec" or e.get("reshape"):
             continue
         code_arrays, state_arrays, rot_arrays = split_arrays(artifacts.read_safetensors(directory / e["files"][0]["file"]))
         meta = e["codec_meta"]
-        operands = codec.adc_operands(CodecState(state_arrays, meta["state"]), Codes(code_arrays, meta["codes"]))
+        state, codes = CodecState(state_arrays, meta["state"]), Codes(code_arrays, meta["codes"])
         rot_state = RotationState(rot_arrays, e["rotation_meta"])
 
-        def fn(x: np.ndarray, _ops: tuple = operands, _rot: Any = rot_state) -> np.ndarray:
+        def fn(x: np.ndarray, _state: Any = state, _codes: Any = codes, _rot: Any = rot_state) -> np.ndarray:
             xr = np.ascontiguousarray(rotation.apply(_rot, np.asarray(x, np.float32)).T)
-            y = helix_jit.adc_matvec(_ops[0], _ops[1], xr, mode, lane, row_scale=_ops[2])
-            return np.ascontiguousarray(y.T)
+            return np.ascontiguousarray(codec.matmul(_state, _codes, xr, params).T)
 
         out[e["name"]] = fn
     return out
@@ -174,16 +182,49 @@ def _cache_key(source: ModelSource, prompts: list[Prompt], positions: int, windo
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
 
 
-def reference_outputs(model: Any, source: ModelSource, windows: list[Window], key: str) -> tuple[np.ndarray, np.ndarray]:
-    """Reference logits [N, vocab] and hidden states [layers+1, N, hidden], cached on disk."""
+class NpySlices:
+    """Slices of a cached .npy array along one axis, read with plain file reads.
+
+    A memory map would do, but every page it touches stays in the process's
+    resident set: reading the 400 MB of SmolLM2's reference logits through one
+    made ``helix agree`` peak 0.5 GB higher than the slices it needs at a time.
+    """
+
+    def __init__(self, path: Path):
+        mm = np.load(path, mmap_mode="r")
+        if not mm.flags.c_contiguous:
+            raise ValueError(f"{path}: not a C-ordered array")
+        self.path, self.shape, self.dtype, self._offset = path, mm.shape, mm.dtype, mm.offset
+        del mm
+
+    def rows(self, start: int, stop: int, axis: int = 0) -> np.ndarray:
+        """``array[start:stop]`` (axis 0) or ``array[:, start:stop]`` (axis 1)."""
+        inner = int(np.prod(self.shape[axis + 1:], dtype=np.int64))
+        outer = int(np.prod(self.shape[:axis], dtype=np.int64))
+        n = stop - start
+        out = np.empty((outer, n * inner), self.dtype)
+        with open(self.path, "rb") as f:
+            for o in range(outer):
+                f.seek(self._offset + (o * self.shape[axis] + start) * inner * self.dtype.itemsize)
+                f.readinto(memoryview(out[o]).cast("B"))
+        return out.reshape(*self.shape[:axis], n, *self.shape[axis + 1:])
+
+
+def reference_outputs(
+    build_model: Callable[[], Any], source: ModelSource, windows: list[Window], key: str
+) -> tuple[NpySlices, NpySlices]:
+    """Reference logits [N, vocab] and hidden states [layers+1, N, hidden], cached
+    on disk; ``build_model`` is only called on a cache miss (the reference model
+    costs as much memory as the candidate)."""
     directory = cache_root() / "reference" / key
     logits_path, hidden_path = directory / "logits.npy", directory / "hidden.npy"
     if logits_path.is_file() and hidden_path.is_file():
         try:
-            return np.load(logits_path, mmap_mode="r"), np.load(hidden_path, mmap_mode="r")
+            return NpySlices(logits_path), NpySlices(hidden_path)
         except (ValueError, OSError) as exc:
             log.warning("reference cache %s unreadable (%s); recomputing", directory, exc)
     logits, hidden = [], []
+    model = build_model()
     for w in windows:
         lg, hd = model.forward(w.ids, return_hidden=True)
         logits.append(lg)
@@ -196,7 +237,8 @@ def reference_outputs(model: Any, source: ModelSource, windows: list[Window], ke
         np.save(tmp, array)
         os.replace(tmp, path)
     (directory / "meta.json").write_text(json.dumps({"source": str(source.path), "windows": len(windows)}))
-    return all_logits, all_hidden
+    del all_logits, all_hidden
+    return NpySlices(logits_path), NpySlices(hidden_path)
 
 
 # -- agreement -----------------------------------------------------------------
@@ -231,7 +273,10 @@ def agree(
     linears: dict[str, Any] | None = None,
 ) -> AgreeReport:
     """Compare the reference model with the same model carrying ``weights``;
-    ``linears`` (from `adc_linears`) replace those layers' matrix products."""
+    ``linears`` (from `adc_linears`) replace those layers' matrix products.
+    An encoder is scored on every sentence of the prompt set: ``positions``
+    and ``window`` apply to decoders only (`helix agree` refuses them for an
+    encoder, see `is_encoder`)."""
     from helix_framework.models import resolve_model
     from helix_framework.reference import DecoderModel, load_model, load_tokenizer
     from helix_framework.sources import open_source
@@ -239,19 +284,18 @@ def agree(
     t0 = time.perf_counter()
     source = source or open_source(resolve_model(model_path))
     prompts = load_prompts(prompts_dir)
-    reference = load_model(source)
     candidate = load_model(source, weights=weights)
     for name, fn in (linears or {}).items():
         candidate.set_linear(name, fn)
     engine = "adc" if linears else "dense"
     tokenizer = load_tokenizer(source)
     t1 = time.perf_counter()
-    if not isinstance(reference, DecoderModel):
-        result = _embedding_agreement(reference, candidate, tokenizer, prompts)
+    if not isinstance(candidate, DecoderModel):
+        result = _embedding_agreement(load_model(source), candidate, tokenizer, prompts)
         return AgreeReport(result, str(model_path), candidate_name, engine, [p.to_json() for p in prompts], 0,
                            {"load": t1 - t0, "run": time.perf_counter() - t1})
     windows = token_windows(tokenizer, prompts, positions, window)
-    ref_logits, ref_hidden = reference_outputs(reference, source, windows, _cache_key(source, prompts, positions, window))
+    ref_logits, ref_hidden = reference_outputs(lambda: load_model(source), source, windows, _cache_key(source, prompts, positions, window))
     t2 = time.perf_counter()
     acc = AgreementAccumulator()
     err = np.zeros(ref_hidden.shape[0])
@@ -260,8 +304,8 @@ def agree(
     for w in windows:
         logits, hidden = candidate.forward(w.ids, return_hidden=True)
         span = slice(offset, offset + w.ids.size)
-        acc.add(np.asarray(ref_logits[span]), logits, w.next_ids, np.arange(span.start, span.stop))
-        ref_h = np.asarray(ref_hidden[:, span], dtype=np.float64)
+        acc.add(ref_logits.rows(span.start, span.stop), logits, w.next_ids, np.arange(span.start, span.stop))
+        ref_h = ref_hidden.rows(span.start, span.stop, axis=1).astype(np.float64)
         err += ((np.stack(hidden).astype(np.float64) - ref_h) ** 2).sum(axis=(1, 2))
         norm += (ref_h**2).sum(axis=(1, 2))
         offset += w.ids.size

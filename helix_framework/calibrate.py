@@ -11,10 +11,13 @@ The manifest is written last and atomically (see `helix_framework.artifacts`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
-import re
+import os
+import shutil
+import stat
 import time
 import zlib
 from pathlib import Path
@@ -26,13 +29,13 @@ import numpy as np
 import helix_jit
 from threadpoolctl import threadpool_limits
 
-from helix_framework import artifacts
+from helix_framework import artifacts, outlock
 from helix_framework.codec import CodecState, Codes
 from helix_framework.config import CandidateConfig, kernel_signature
-from helix_framework.errors import HelixError
+from helix_framework.errors import HelixError, OutputError
 from helix_framework.measurement import MeasureContext
 from helix_framework.rotation import RotationState
-from helix_framework.routing import route_tensor
+from helix_framework.routing import NOT_SELECTED, require_selection, route_tensor, tensor_selector
 from helix_framework.models import resolve_model
 from helix_framework.sources import ModelSource, open_source
 
@@ -271,6 +274,8 @@ class CalibrationSummary:
     flags: dict[str, int]
     kernels: dict[str, int]
     token_agreement: dict[str, Any] | None = None
+    #: set when --tensors left codec tensors uncompressed (see `partial_of`)
+    partial: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return attrs.asdict(self)
@@ -285,44 +290,97 @@ def calibrate(
     host: Any = None,
     progress: bool = False,
 ) -> CalibrationSummary:
-    """Calibrate every routed tensor of ``model`` and write artifacts to ``out_dir``."""
+    """Calibrate every routed tensor of ``model`` and write artifacts to ``out_dir``.
+
+    ``out_dir`` is created only once the model has opened and every tensor
+    is one decode can rebuild, and is locked for the run (`outlock`). Only
+    files this tool wrote are ever deleted there; an interrupted run leaves
+    the previous result whole.
+    """
     comp = resolve(candidate, host)
+    selector = tensor_selector(tensors)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tensor_dir = out / artifacts.TENSOR_DIR
-    selector = re.compile(tensors) if tensors else None
     started = time.perf_counter()
     model = resolve_model(model)
-    # One BLAS thread: per-tensor products are small, and on a 2-core machine
-    # two OpenBLAS threads made them several times slower whenever the other
-    # core was busy; the JIT kernels split rows over threads themselves.
-    with open_source(model) as source, helix_jit.record_kernels() as recorder, threadpool_limits(1, "blas"):
-        infos = source.tensors()
-        entries = []
-        for info in _progress(infos, progress, "calibrating"):
-            entries.append(_calibrate_one(source, info, comp, tensor_dir, selector))
-        manifest = {
-            "schema_version": artifacts.SCHEMA_VERSION,
-            "source": {
-                "path": str(Path(model).resolve()),
-                "kind": source.kind,
-                "architecture": source.architecture,
-                "files": source.file_hashes(),
-                "tokenizer_files": [p.name for p in source.tokenizer_files()],
-            },
-            "config": candidate.to_json(),
-            "config_file": candidate.source,
-            "kernel_signature": kernel_signature(candidate, host) if host is not None else kernel_signature(candidate),
-            "codec": _plugin_json(comp.codec_reg),
-            "rotation": _plugin_json(comp.rotation_reg),
-            "tensor_filter": tensors,
-            "kernels": _kernels_json(recorder),
-            "tensors": entries,
-        }
-    summary = _summarize(manifest, str(out), time.perf_counter() - started)
-    manifest["summary"] = summary.to_json()
-    artifacts.write_json_atomic(out / artifacts.MANIFEST, manifest)
-    artifacts.remove_unreferenced(out, manifest)
+    with open_source(model) as source:
+        for info in source.tensors():
+            if (problem := artifacts.rebuild_problem(info.dtype, info.shape)) is not None:
+                raise CalibrationError(f"tensor {info.name!r}: {problem}; decode could not rebuild it, "
+                                       "so it is refused")
+        require_selection(selector, source.tensors(), candidate.routes)
+        created = artifacts.make_output_dir(out)
+        try:
+            with outlock.hold(out, "calibrate"):
+                return _calibrate_locked(source, model, candidate, comp, out, tensors, selector, host, progress,
+                                         started)
+        except BaseException:
+            if created:  # leave no empty output directory behind
+                for d in (out / artifacts.TENSOR_DIR, out):
+                    with contextlib.suppress(OSError):
+                        d.rmdir()
+            raise
+
+
+def _previous_manifest(out: Path) -> dict[str, Any] | None:
+    """The manifest an earlier run left in ``out``, if it is a valid one."""
+    if not (out / artifacts.MANIFEST).is_file():
+        return None
+    try:
+        return artifacts.read_manifest(out)
+    except artifacts.ArtifactError as exc:
+        log.warning("%s; its files are left alone", exc)
+        return None
+
+
+def _calibrate_locked(source: ModelSource, model: Path, candidate: CandidateConfig, comp: Components, out: Path,
+                      tensors: str | None, selector: Any, host: Any, progress: bool,
+                      started: float) -> CalibrationSummary:
+    tensor_dir = out / artifacts.TENSOR_DIR
+    if tensor_dir.is_symlink() or (tensor_dir.exists() and not tensor_dir.is_dir()):
+        raise OutputError(f"{artifacts.TENSOR_DIR} is a link or not a directory: artifacts are written inside "
+                          "the output directory only", path=str(out))
+    for d in (out, tensor_dir):
+        artifacts.clean_temporaries(d)
+    old = _previous_manifest(out)
+    owned = {r["file"] for r in artifacts.artifact_files(old)} if old else set()
+    written: set[str] = set()
+    try:
+        # One BLAS thread: per-tensor products are small, and on a 2-core machine
+        # two OpenBLAS threads made them several times slower whenever the other
+        # core was busy; the JIT kernels split rows over threads themselves.
+        with helix_jit.record_kernels() as recorder, threadpool_limits(1, "blas"):
+            infos = source.tensors()
+            entries = []
+            for info in _progress(infos, progress, "calibrating"):
+                entries.append(_calibrate_one(source, info, comp, tensor_dir, selector, written))
+            manifest = {
+                "schema_version": artifacts.SCHEMA_VERSION,
+                "source": {
+                    "path": str(Path(model).resolve()),
+                    "kind": source.kind,
+                    "architecture": source.architecture,
+                    "files": source.file_hashes(),
+                    "tokenizer_files": [p.name for p in source.tokenizer_files()],
+                },
+                "config": candidate.to_json(),
+                "config_file": candidate.source,
+                "kernel_signature": kernel_signature(candidate, host) if host is not None
+                else kernel_signature(candidate),
+                "codec": _plugin_json(comp.codec_reg),
+                "rotation": _plugin_json(comp.rotation_reg),
+                "tensor_filter": tensors,
+                "kernels": _kernels_json(recorder),
+                "tensors": entries,
+            }
+        summary = _summarize(manifest, str(out), time.perf_counter() - started)
+        manifest["summary"] = summary.to_json()
+        artifacts.write_json_atomic(out / artifacts.MANIFEST, manifest)
+    except BaseException:
+        # Interrupted or failed before the swap: the old manifest still rules;
+        # drop what this run added and the old manifest does not name.
+        artifacts.remove_owned(out, written - owned, None)
+        raise
+    artifacts.remove_owned(out, owned | written, manifest)
     if "token_agreement" in candidate.measure:
         summary = _add_token_agreement(model, out, manifest, host, started)
     return summary
@@ -339,16 +397,47 @@ def _add_token_agreement(model: Path, out: Path, manifest: dict[str, Any], host:
     with open_source(model) as source:
         report = agree(model, weights=weights_from_artifacts(out, source, host),
                        candidate_name=manifest["config"]["name"], source=source)
-    manifest["token_agreement"] = report.to_json()
-    summary = attrs.evolve(_summarize(manifest, str(out), time.perf_counter() - started),
-                           token_agreement=_agreement_headline(report.to_json()))
+    summary = _summarize(manifest, str(out), time.perf_counter() - started)
+    manifest["token_agreement"] = mark_partial(report.to_json(), summary.partial)
+    summary = attrs.evolve(summary, token_agreement=_agreement_headline(manifest["token_agreement"]))
     manifest["summary"] = summary.to_json()
     artifacts.write_json_atomic(out / artifacts.MANIFEST, manifest)
     return summary
 
 
+def partial_of(entries: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """``{"compressed": N, "codec_tensors": M, "message": ...}`` for a run whose
+    ``--tensors`` left codec tensors uncompressed (manifest entries in), else None."""
+    return partial_result(sum(e["route"] == "codec" for e in entries),
+                          sum(e.get("reason") == NOT_SELECTED for e in entries))
+
+
+def partial_result(compressed: int, left_out: int) -> dict[str, Any] | None:
+    """The `partial_of` record from counts: codec tensors compressed, and
+    codec tensors ``--tensors`` left out."""
+    if not left_out:
+        return None
+    total = compressed + left_out
+    return {"compressed": compressed, "codec_tensors": total,
+            "message": f"partial: {compressed} of {total} codec tensors compressed"}
+
+
+def mark_partial(agreement: dict[str, Any], partial: dict[str, Any] | None) -> dict[str, Any]:
+    """An agreement result of a partial candidate never certifies the model:
+    ``certified`` false and a verdict that starts with the partial message."""
+    if partial is None or str(agreement.get("verdict", "")).startswith("partial:"):
+        return agreement
+    verdict = str(agreement["verdict"])
+    if agreement.get("certified"):
+        verdict = "the gate is met with only these tensors compressed: " + verdict.removeprefix("certified: ")
+    else:
+        verdict = "with only these tensors compressed: " + verdict
+    return {**agreement, "certified": False, "partial": partial,
+            "verdict": f"{partial['message']}; not a verdict on the model ({verdict})"}
+
+
 def _agreement_headline(data: dict[str, Any]) -> dict[str, Any]:
-    keys = ("positions", "top1", "top5", "certified", "verdict", "sentences", "cosine_mean", "cosine_min")
+    keys = ("positions", "top1", "top5", "certified", "verdict", "sentences", "cosine_mean", "cosine_min", "partial")
     out = {k: data[k] for k in keys if k in data}
     if "kl" in data:
         out["kl_mean"] = data["kl"]["mean"]
@@ -381,7 +470,7 @@ def route_and_read(source: ModelSource, info: Any, candidate: CandidateConfig, s
     decision = route_tensor(name, shape, candidate.routes)
     route, reason, reshape = decision.route, decision.reason, decision.reshape
     if selector is not None and not selector.search(name) and route == "codec":
-        route, reason = "passthrough", "not selected by --tensors; kept as is"
+        route, reason = "passthrough", NOT_SELECTED
     x = None
     if route == "codec":
         try:
@@ -397,7 +486,8 @@ def route_and_read(source: ModelSource, info: Any, candidate: CandidateConfig, s
     return Routed(route, reason, decision.rule, reshape, x)
 
 
-def _calibrate_one(source: ModelSource, info: Any, comp: Components, tensor_dir: Path, selector: Any) -> dict[str, Any]:
+def _calibrate_one(source: ModelSource, info: Any, comp: Components, tensor_dir: Path, selector: Any,
+                   written: set[str]) -> dict[str, Any]:
     name, shape = info.name, tuple(info.shape)
     routed = route_and_read(source, info, comp.candidate, selector)
     route, reshape, x = routed.route, routed.reshape, routed.rows
@@ -416,10 +506,12 @@ def _calibrate_one(source: ModelSource, info: Any, comp: Components, tensor_dir:
         stored = raw.dtype in artifacts.SAFETENSORS_DTYPES
         payload = {"weight": raw} if stored else {"raw": ("U8", [raw.data.size], raw.data)}
         file, sha, size = artifacts.write_safetensors(tensor_dir, stem, payload)
+        written.add(f"{artifacts.TENSOR_DIR}/{file}")
         entry["files"] = [{"file": f"{artifacts.TENSOR_DIR}/{file}", "sha256": sha, "bytes": size}]
         return entry
     result = calibrate_matrix(x, name, comp)
     file, sha, size = artifacts.write_safetensors(tensor_dir, stem, result.arrays)
+    written.add(f"{artifacts.TENSOR_DIR}/{file}")
     entry.update(
         {
             "reshape": list(reshape) if reshape else None,
@@ -482,6 +574,7 @@ def _summarize(manifest: dict[str, Any], out_dir: str, seconds: float) -> Calibr
         seconds=seconds,
         flags=flags,
         kernels={k: v for k, v in kernels.items() if isinstance(v, int)},
+        partial=partial_of(entries),
     )
 
 
@@ -529,46 +622,128 @@ def reconstruct(entry: dict[str, Any], directory: Path, host: Any, manifest: dic
 
 
 def decode(directory: str | Path, out_file: str | Path, host: Any = None, progress: bool = False) -> dict[str, Any]:
-    """Rebuild every tensor of a calibration into one safetensors file."""
-    import shutil
+    """Rebuild every tensor of a calibration into one safetensors file.
 
+    For a Hugging Face source the side files of `artifacts.SIDE_FILES` the
+    manifest names are copied beside ``out_file`` (each through a temporary
+    renamed into place). Everything is checked before anything is written:
+    the manifest, the artifacts, the target (never the run's own files, the
+    source model, a directory or a ``.bin``/``.pt`` name) and the side files
+    (regular files inside the source directory).
+    """
     if host is None:
         from helix_framework.host import get_host
 
         host = get_host()
     directory, out_file = Path(directory), Path(out_file)
     manifest = artifacts.read_manifest(directory)
+    _check_decode_target(directory, out_file, manifest)
+    side = _side_files(manifest)
+    if out_file.name in {name for name, _ in side}:
+        raise OutputError(f"would be overwritten by the source's {out_file.name}; choose another name",
+                          path=str(out_file))
     problems = artifacts.verify(directory)
     if problems:
         raise artifacts.ArtifactError(f"{directory}: artifacts do not match the manifest: {problems[0]}")
 
     def produce(entry: dict[str, Any]) -> Any:
+        try:
+            return rebuild(entry)
+        except artifacts.ArtifactError as exc:
+            raise artifacts.ArtifactError(f"tensor {entry['name']!r}: {exc}") from None
+        except (ValueError, TypeError, KeyError, IndexError) as exc:  # artifacts disagreeing with their entry
+            raise artifacts.ArtifactError(f"{directory}: tensor {entry['name']!r}: cannot rebuild it from its "
+                                          f"artifact: {str(exc)[:200]}") from None
+
+    def rebuild(entry: dict[str, Any]) -> Any:
         if entry["route"] == "codec":
             return reconstruct(entry, directory, host, manifest)
         arrays = artifacts.read_safetensors(directory / entry["files"][0]["file"])
         if "weight" in arrays:
             return (entry["dtype"], entry["shape"], np.asarray(arrays["weight"]).reshape(-1).view(np.uint8))
+        if _out_dtype(entry) == entry["dtype"]:  # a safetensors dtype numpy lacks (F8): bytes as stored
+            return (entry["dtype"], entry["shape"], np.asarray(arrays["raw"]))
         return _dequantize_raw(entry, np.asarray(arrays["raw"]))
 
     specs = [(e["name"], _out_dtype(e), e["shape"]) for e in manifest["tensors"]]
     entries = {e["name"]: e for e in manifest["tensors"]}
-    out_file.parent.mkdir(parents=True, exist_ok=True)
+    artifacts.make_output_dir(out_file.parent)
+    artifacts.clean_temporaries(out_file.parent)
     artifacts.write_safetensors_stream(
         out_file, specs, lambda name: produce(entries[name]),
         metadata={"helix_candidate": manifest["config"]["name"], "helix_source": manifest["source"]["path"]},
     )
-    copied = []
+    for name, real in side:
+        def copy(f: Any, real: Path = real) -> None:
+            with open(real, "rb") as src:
+                shutil.copyfileobj(src, f)
+
+        artifacts.atomic_write(out_file.parent, ".side", copy, lambda name=name: out_file.parent / name,
+                               where=out_file.parent / name)
+    return {"out": str(out_file), "tensors": len(specs), "copied": [name for name, _ in side]}
+
+
+def _check_decode_target(directory: Path, out_file: Path, manifest: dict[str, Any]) -> None:
+    """Refuse a decode target that is not a new or replaceable model file."""
+    def refuse(why: str) -> OutputError:
+        return OutputError(f"refused as decode output: {why}", path=str(out_file))
+
+    if out_file.suffix.lower() in (".bin", ".pt"):
+        raise refuse("helix never reads .bin/.pt (pickle) files; give a .safetensors name")
+    if out_file.is_dir():
+        raise refuse("is a directory; give a file name such as model.safetensors")
+    target, run = out_file.resolve(), directory.resolve()
+    own = [directory / artifacts.MANIFEST, *(directory / r["file"] for r in artifacts.artifact_files(manifest))]
+    if target == run / artifacts.MANIFEST or target.is_relative_to(run / artifacts.TENSOR_DIR) \
+            or any(_same_file(out_file, p) for p in own):
+        raise refuse(f"it is a file of the calibration output {directory} itself")
+    source = Path(manifest["source"]["path"])
     if manifest["source"]["kind"] == "hf_directory":
-        src = Path(manifest["source"]["path"])
-        for name in ["config.json", "generation_config.json", *manifest["source"].get("tokenizer_files", [])]:
-            if (src / name).is_file():
-                shutil.copy2(src / name, out_file.parent / name)
-                copied.append(name)
-    return {"out": str(out_file), "tensors": len(specs), "copied": copied}
+        if target.is_relative_to(source.resolve()):
+            raise refuse(f"it is inside the source model directory {source}")
+    elif target == source.resolve() or _same_file(out_file, source):
+        raise refuse(f"it is the source model {source}")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _side_files(manifest: dict[str, Any]) -> list[tuple[str, Path]]:
+    """(name, resolved path) of each side file decode copies, checked to be a
+    regular file inside the source directory. In a Hugging Face hub cache
+    (``snapshots/<rev>/`` whose files link to ``../../blobs/``) the repo's
+    blobs directory counts as inside."""
+    if manifest["source"]["kind"] != "hf_directory":
+        return []
+    src = Path(manifest["source"]["path"])
+    roots = [src.resolve()]
+    if src.parent.name == "snapshots":
+        roots.append((src.parent.parent / "blobs").resolve())
+    names = dict.fromkeys(["config.json", "generation_config.json", *manifest["source"].get("tokenizer_files", [])])
+    found = []
+    for name in names:
+        path = src / name
+        try:
+            real = path.resolve(strict=True)
+        except (OSError, RuntimeError):  # absent, a dangling link or a link loop: nothing to copy
+            if os.path.lexists(path):
+                log.warning("%s: side file cannot be resolved; not copied", path)
+            continue
+        if not any(real.is_relative_to(root) for root in roots):
+            raise artifacts.ArtifactError(f"{path}: side file resolves to {real}, outside the source directory; "
+                                          "refused")
+        if not stat.S_ISREG(os.stat(real).st_mode):
+            raise artifacts.ArtifactError(f"{path}: side file is not a regular file; refused")
+        found.append((name, real))
+    return found
 
 
 def _out_dtype(entry: dict[str, Any]) -> str:
-    if entry["route"] == "codec" or entry["dtype"] not in artifacts.SAFETENSORS_DTYPES:
+    if entry["route"] == "codec" or entry["dtype"] not in artifacts.WRITABLE_DTYPES:
         return "F32"
     return entry["dtype"]
 

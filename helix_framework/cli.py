@@ -61,18 +61,34 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from helix_framework.config import kernel_signature, load_candidate
+    """Every file is checked and reported; the exit code is 2 if any failed."""
+    from helix_framework.config import candidate_from_document, is_sweep, kernel_signature, read_config_file
+    from helix_framework.errors import HelixError
     from helix_framework.host import get_host
+    from helix_framework.sweep import sweep_from_document
 
     host = get_host()
     host.check_strict()
+    failed = 0
     for path in args.configs:
-        candidate = load_candidate(path, host)
-        sig = kernel_signature(candidate, host)
-        label = " (in-sample)" if candidate.in_sample else ""
-        print(f"ok  {path}: {candidate.name}{label} codec={candidate.codec} rotation={candidate.rotation.kind} "
-              f"kernel_signature={sig[:16]}")
-    return EXIT_OK
+        try:
+            doc = read_config_file(path)
+            if is_sweep(doc):
+                spec = sweep_from_document(doc, host)
+                print(f"ok  {path}: sweep {spec.name}: {spec.cardinality} points over "
+                      f"{', '.join(axis for axis, _ in spec.axes)}")
+                continue
+            candidate = candidate_from_document(doc, host)
+            sig = kernel_signature(candidate, host)
+            label = " (in-sample)" if candidate.in_sample else ""
+            print(f"ok  {path}: candidate {candidate.name}{label} codec={candidate.codec} "
+                  f"rotation={candidate.rotation.kind} kernel_signature={sig[:16]}")
+        except HelixError as exc:
+            failed += 1
+            print(f"helix: error: {exc}", file=sys.stderr)
+    if failed and len(args.configs) > 1:
+        print(f"helix: {failed} of {len(args.configs)} files failed", file=sys.stderr)
+    return EXIT_ERROR if failed else EXIT_OK
 
 
 # -- helix calibrate / verify / decode -------------------------------------------
@@ -95,10 +111,12 @@ def print_summary(summary: dict[str, Any]) -> None:
     rows += [(f"kernels {k}", v) for k, v in summary["kernels"].items()]
     agreement = summary.get("token_agreement")
     if agreement:
-        rows += [(f"token agreement {k}", _fmt(v)) for k, v in agreement.items() if k != "verdict"]
+        rows += [(f"token agreement {k}", _fmt(v)) for k, v in agreement.items() if k not in ("verdict", "partial")]
     print(_table(rows, (f"figure ({label} rows)", "value")))
     if agreement:
         print(agreement["verdict"])
+    elif summary.get("partial"):
+        print(summary["partial"]["message"])
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
@@ -119,12 +137,16 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from helix_framework.artifacts import artifact_files, read_manifest, verify
+    from helix_framework.artifacts import artifact_files, read_manifest, unreferenced, verify
 
+    manifest = read_manifest(Path(args.dir))
     problems = verify(Path(args.dir))
-    n = sum(1 for _ in artifact_files(read_manifest(Path(args.dir))))
+    n = sum(1 for _ in artifact_files(manifest))
     for line in problems:
         print(f"BAD  {line}")
+    for name in unreferenced(Path(args.dir), manifest):
+        print(f"warning: {name} is not referenced by the manifest (not written by this run; left alone)",
+              file=sys.stderr)
     print(f"{n - len(problems)} of {n} artifact files match the manifest")
     return EXIT_FAIL if problems else EXIT_OK
 
@@ -141,8 +163,19 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from helix_framework.artifacts import read_manifest
+    from helix_framework.calibrate import mark_partial, partial_of
 
-    summaries = [read_manifest(Path(d))["summary"] for d in args.dirs]
+    manifests = [read_manifest(Path(d)) for d in args.dirs]
+    summaries = []
+    for m in manifests:
+        # partial is recomputed from the entries: manifests written before the summary said so
+        partial = partial_of(m["tensors"])
+        s = {**m["summary"], "partial": partial}
+        if s.get("token_agreement"):
+            s["token_agreement"] = mark_partial(s["token_agreement"], partial)
+        summaries.append(s)
+    # a column per run: its candidate, the model it compressed and where it lives
+    columns = [f"{s['candidate']} on {Path(m['source']['path']).name} ({d})" for s, m, d in zip(summaries, manifests, args.dirs)]
     keys: list[str] = []
     for section in ("held_out", "bits"):
         for s in summaries:
@@ -158,17 +191,22 @@ def cmd_compare(args: argparse.Namespace) -> int:
         for key in ("positions", "top1", "top5", "kl_mean"):
             rows.append([f"token agreement {key}"] + [_fmt((s.get("token_agreement") or {}).get(key, "-")) for s in summaries])
     label = "in-sample" if any(s["held_out"].get("label_in_sample") for s in summaries) else "held-out"
-    print(_table(rows, [f"figure ({label} means over codec tensors)", *(s["candidate"] for s in summaries)]))
-    for s in summaries:
+    print(_table(rows, [f"figure ({label} means over codec tensors)", *columns]))
+    for s, column in zip(summaries, columns):
         if s.get("token_agreement"):
-            print(f"{s['candidate']}: {s['token_agreement']['verdict']}")
+            print(f"{column}: {s['token_agreement']['verdict']}")
+        elif s["partial"]:
+            print(f"{column}: {s['partial']['message']}")
     return EXIT_OK
 
 
 def cmd_agree(args: argparse.Namespace) -> int:
-    from helix_framework.agree import agree, weights_from_artifacts, weights_from_config
+    from helix_framework.agree import agree, is_encoder, weights_from_artifacts, weights_from_config
+    from helix_framework.artifacts import read_manifest
+    from helix_framework.calibrate import mark_partial, partial_of
     from helix_framework.config import load_candidate
     from helix_framework.host import get_host
+    from helix_framework.measure.agreement import MIN_POSITIONS
     from helix_framework.models import resolve_model
     from helix_framework.sources import open_source
 
@@ -176,6 +214,11 @@ def cmd_agree(args: argparse.Namespace) -> int:
 
     host = get_host()
     source = open_source(resolve_model(args.model))
+    given = [f"--{k}" for k in ("positions", "window") if getattr(args, k) is not None]
+    if given and is_encoder(source):
+        raise AgreementError(f"{' and '.join(given)} {'apply' if len(given) > 1 else 'applies'} to decoders only; "
+                             f"{args.model} is an encoder, scored on "
+                             "every sentence of the prompt set (give --prompts to change them)")
     if args.engine == "adc" and not args.artifacts:
         raise AgreementError("--engine adc runs from codes: give --artifacts DIR (a calibration output)")
     if args.artifacts:
@@ -185,8 +228,11 @@ def cmd_agree(args: argparse.Namespace) -> int:
         weights, name = weights_from_config(source, candidate, host), candidate.name
     linears = adc_linears(args.artifacts, host) if args.engine == "adc" else None
     report = agree(args.model, weights=weights, candidate_name=name, prompts_dir=args.prompts,
-                   positions=args.positions, window=args.window, source=source, linears=linears)
+                   positions=MIN_POSITIONS if args.positions is None else args.positions,
+                   window=512 if args.window is None else args.window, source=source, linears=linears)
     data = report.to_json()
+    if args.artifacts:
+        data = mark_partial(data, partial_of(read_manifest(Path(args.artifacts))["tensors"]))
     if args.json:
         _print_json(data)
     else:
@@ -251,6 +297,38 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- helix tensors ---------------------------------------------------------
+
+
+def cmd_tensors(args: argparse.Namespace) -> int:
+    from helix_framework.models import resolve_model
+    from helix_framework.routing import route_tensor
+    from helix_framework.sources import open_source
+
+    routes: Any = ()
+    if args.config:
+        from helix_framework.config import load_candidate
+        from helix_framework.host import get_host
+
+        routes = load_candidate(args.config, get_host()).routes
+    with open_source(resolve_model(args.model)) as source:
+        rows = []
+        for info in source.tensors():
+            d = route_tensor(info.name, info.shape, routes)
+            rows.append({"name": info.name, "dtype": info.dtype, "shape": list(info.shape), "route": d.route,
+                         "rule": d.rule, "reason": d.reason})
+    if args.json:
+        _print_json(rows)
+        return EXIT_OK
+    print(_table([(r["name"], r["dtype"], "x".join(map(str, r["shape"])), r["route"], r["reason"]) for r in rows],
+                 ("name", "dtype", "shape", "route", "reason")))
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["route"]] = counts.get(r["route"], 0) + 1
+    print(f"{len(rows)} tensors: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    return EXIT_OK
+
+
 # -- helix jit -------------------------------------------------------------
 
 
@@ -284,13 +362,13 @@ def _default_compressor(host: Any) -> str:
 def cmd_compress(args: argparse.Namespace) -> int:
     import time
 
+    from helix_framework.compressor import read_text_file
     from helix_framework.errors import HelixError
     from helix_framework.host import get_host
 
-    try:
-        text = Path(args.file).read_text(encoding="utf-8", errors="replace")
-    except OSError as exc:
-        raise HelixError(f"{args.file}: cannot read: {exc.strerror or exc}") from None
+    if args.max_bytes < 1:
+        raise HelixError(f"--max-bytes must be >= 1; got {args.max_bytes}")
+    text = read_text_file(args.file, args.max_bytes)
     host = get_host()
     name = args.compressor or _default_compressor(host)
     compressor = host.compressor(name)
@@ -470,6 +548,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="helix",
         description="A lab for compression codecs of model weights and context.",
+        epilog="exit codes: 0 success (a verdict that passed); 1 a negative verdict (not certified, a failed "
+        "check of plugins under HELIX_STRICT_PLUGINS=1); 2 bad input, a usage error or any other error "
+        "(one line on stderr); 130 interrupted",
     )
     parser.add_argument("--version", action="version", version="helix-framework 0.1.0")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO to stderr")
@@ -480,7 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_plugins)
 
     p = sub.add_parser("check", help="validate candidate configs without running anything")
-    p.add_argument("configs", nargs="+", metavar="CONFIG")
+    p.add_argument("configs", nargs="+", metavar="CONFIG", help="candidate or sweep YAML files; each is reported")
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("calibrate", help="compress every routed tensor of a model and measure it")
@@ -493,54 +574,67 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("verify", help="re-hash every artifact file against the manifest")
-    p.add_argument("dir", metavar="DIR")
+    p.add_argument("dir", metavar="DIR", help="a calibration output directory")
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("decode", help="rebuild a loadable safetensors model from artifacts")
-    p.add_argument("dir", metavar="DIR")
-    p.add_argument("--out", required=True, metavar="FILE.safetensors")
+    p.add_argument("dir", metavar="DIR", help="a calibration output directory")
+    p.add_argument("--out", required=True, metavar="FILE.safetensors",
+                   help="the model file to write (side files such as tokenizer.json go beside it)")
     p.set_defaults(func=cmd_decode)
 
     p = sub.add_parser("compare", help="summaries of calibration outputs side by side")
-    p.add_argument("dirs", nargs="+", metavar="DIR")
+    p.add_argument("dirs", nargs="+", metavar="DIR", help="calibration output directories, one column each")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("agree", help="token agreement of a compressed model against the original")
-    p.add_argument("model", metavar="MODEL")
+    p.add_argument("model", metavar="MODEL", help="the uncompressed model: a path or smollm2, minilm")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--artifacts", metavar="DIR", help="a calibration output of MODEL")
     which.add_argument("--config", metavar="FILE", help="a candidate, calibrated in memory")
     p.add_argument("--prompts", metavar="DIR", help="directory of *.txt prompts (default: the built-in set)")
-    p.add_argument("--positions", type=int, default=2000, metavar="N", help="teacher-forced positions (default 2000)")
-    p.add_argument("--window", type=int, default=512, metavar="T", help="tokens per independent window (default 512)")
+    p.add_argument("--positions", type=int, metavar="N",
+                   help="teacher-forced positions of a decoder (default 2000); refused for an encoder, which is "
+                        "scored on every sentence of the prompt set")
+    p.add_argument("--window", type=int, metavar="T",
+                   help="tokens per independent window of a decoder (default 512); refused for an encoder")
     p.add_argument("--engine", choices=("dense", "adc"), default="dense",
-                   help="adc: compressed layers multiply from their codes through the jit adc_matvec kernel")
-    p.add_argument("--json", action="store_true")
+                   help="adc: compressed layers multiply from their codes (codecs with compressed_matmul)")
+    p.add_argument("--json", action="store_true", help="print every figure as JSON")
     p.set_defaults(func=cmd_agree)
 
+    p = sub.add_parser("tensors", help="every tensor of a model: dtype, shape, route and the reason")
+    p.add_argument("model", metavar="MODEL", help="a model path or an embedded model name (smollm2, minilm)")
+    p.add_argument("--config", metavar="FILE", help="route with this candidate's routes: rules (default: built-in rules)")
+    p.add_argument("--json", action="store_true", help="print a JSON list (name, dtype, shape, route, rule, reason)")
+    p.set_defaults(func=cmd_tensors)
+
     p = sub.add_parser("probe", help="in-sample vs held-out figures as the calibration rows grow")
-    p.add_argument("model", metavar="MODEL")
-    p.add_argument("--tensor", required=True, metavar="NAME")
-    p.add_argument("--config", required=True, metavar="FILE")
-    p.add_argument("--rows", default="128,256,512,1024,all", metavar="N,N,...,all")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("model", metavar="MODEL", help="a model path or smollm2, minilm")
+    p.add_argument("--tensor", required=True, metavar="NAME", help="the matrix to probe (see helix tensors)")
+    p.add_argument("--config", required=True, metavar="FILE", help="candidate YAML")
+    p.add_argument("--rows", default="128,256,512,1024,all", metavar="N,N,...,all",
+                   help="calibration row counts to try (default 128,256,512,1024,all)")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON")
     p.set_defaults(func=cmd_probe)
 
-    p = sub.add_parser("jit", help="the compiled-kernel cache")
-    jit_sub = p.add_subparsers(dest="jit_command", metavar="ACTION")
+    jit = sub.add_parser("jit", help="the compiled-kernel cache")
+    jit_sub = jit.add_subparsers(dest="jit_command", metavar="ACTION")
     q = jit_sub.add_parser("stats", help="entries, bytes, hits, misses, compile time")
-    q.add_argument("--json", action="store_true")
+    q.add_argument("--json", action="store_true", help="print the figures as JSON")
     q.set_defaults(func=cmd_jit_stats)
     q = jit_sub.add_parser("clear", help="remove every cached kernel")
     q.set_defaults(func=cmd_jit_clear)
-    p.set_defaults(func=lambda a: _usage(p))
+    jit.set_defaults(func=lambda a: _usage(jit, "helix jit needs an action: stats or clear"))
 
     p = sub.add_parser("compress", help="compress a text file with a context compressor")
-    p.add_argument("file", metavar="FILE")
+    p.add_argument("file", metavar="FILE", help="a text file")
     p.add_argument("--compressor", metavar="NAME", help="registered compressor (default: headroom if installed, else truncate)")
     p.add_argument("--target-chars", type=int, metavar="N", help="at most N characters out (default: half the input)")
     p.add_argument("--content-type", choices=["diff", "patch", "log", "code", "json", "prose"], metavar="T",
                    help="diff, patch, log, code, json or prose (default: detected)")
+    p.add_argument("--max-bytes", type=int, default=64 * 1024 * 1024, metavar="N",
+                   help="refuse a FILE larger than N bytes (default 64 MiB); only regular files are read")
     p.add_argument("--json", action="store_true", help="print JSON with the text, ratio, path, fallback, milliseconds")
     p.set_defaults(func=cmd_compress)
 
@@ -562,7 +656,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "each type in turn (default 12)")
     p.add_argument("--needles-per-doc", type=int, default=4, metavar="K", help="--answer: needles asked per "
                    "document (default 4)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print every figure (and with --answer every answer) as JSON")
     p.set_defaults(func=cmd_needle)
 
     p = sub.add_parser("sweep", help="run a grid of candidates; results appended to LanceDB tables")
@@ -579,19 +673,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("frontier", help="Pareto frontier of bits per weight against a quality figure")
-    p.add_argument("--db", required=True, metavar="DIR")
+    p.add_argument("--db", required=True, metavar="DIR", help="the LanceDB directory a sweep wrote")
     p.add_argument("--x", choices=["bits"], default="bits", help="bits per weight (codes + codebooks + rotation)")
     p.add_argument("--y", choices=["top1", "rel_l2", "icc_3_1"], default="top1",
                    help="top1 and icc_3_1 are maximized, held-out rel_l2 minimized (default top1)")
     p.add_argument("--sweep", metavar="NAME", help="only candidates of this sweep")
     p.add_argument("--plot", metavar="FILE.png", help="write a plot of every candidate, the frontier and the gate")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the frontier as JSON")
     p.set_defaults(func=cmd_frontier)
+    _verbose_everywhere(sub)
+    _verbose_everywhere(jit_sub)
     return parser
 
 
-def _usage(parser: argparse.ArgumentParser) -> int:
+def _verbose_everywhere(sub: Any) -> None:
+    """``-v`` is accepted after any subcommand too (``helix calibrate ... -v``).
+    SUPPRESS keeps a subcommand from resetting a ``-v`` given before it."""
+    for p in sub.choices.values():
+        p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                       help="log progress at INFO to stderr")
+
+
+def _check_environment() -> None:
+    """Settings read deep inside a run are checked before any work, so a bad
+    value is one line up front rather than a traceback midway."""
+    import helix_jit
+
+    from helix_framework.errors import EnvironmentSettingError
+
+    try:
+        helix_jit.threads()
+    except ValueError as exc:
+        raise EnvironmentSettingError(str(exc), variable="HELIX_JIT_THREADS") from None
+
+
+def _usage(parser: argparse.ArgumentParser, message: str) -> int:
+    """A usage error: the command's own usage, then one line saying what is missing."""
     parser.print_usage(sys.stderr)
+    print(f"helix: error: {message}", file=sys.stderr)
     return EXIT_ERROR
 
 
@@ -607,6 +726,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from helix_framework.errors import HelixError
 
     try:
+        _check_environment()
         return func(args)
     except HelixError as exc:
         print(f"helix: error: {exc}", file=sys.stderr)

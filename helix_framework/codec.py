@@ -36,6 +36,13 @@ with getattr):
   time, in an order the host chooses, and finally ``encode`` on the
   quantized matrix. ``encode`` of rows that ``quantize_columns`` produced must
   decode to those rows exactly.
+- ``compressed_matmul = True``: the codec multiplies by its encoded matrix
+  without decoding it (``helix agree --engine adc``):
+  ``matmul(state, codes, x, params) -> y`` with ``x`` float32
+  [row_dim, T] (the layer's inputs, already in the rotated basis, one column
+  per token) and ``y`` float32 [n_rows, T] ~ ``decode(state, codes) @ x``.
+  ``params`` are the candidate's params, so the codec reads its own keys
+  (campq: ``distance`` and ``lane_width``).
 
 Two codecs may share a name only if their formats are compatible.
 """
@@ -104,6 +111,8 @@ class Codec:
     takes_stats: ClassVar[bool] = False
     #: the codec implements ``column_atom`` and ``quantize_columns``.
     quantizes_columns: ClassVar[bool] = False
+    #: the codec implements ``matmul`` (see the module docstring).
+    compressed_matmul: ClassVar[bool] = False
 
     def validate(self, params: Any) -> None:
         """Cross-field checks; raise ConfigError(path=...) on a bad value."""
@@ -131,4 +140,9 @@ class Codec:
         corrected) values; the result has the same shape, float32, on the
         codec's grid. Only codecs with ``quantizes_columns = True`` implement it.
         """
+        raise NotImplementedError
+
+    def matmul(self, state: CodecState, codes: Codes, x: np.ndarray, params: Any) -> np.ndarray:
+        """``decode(state, codes) @ x`` computed from the codes; x is [row_dim, T].
+        Only codecs with ``compressed_matmul = True`` implement it."""
         raise NotImplementedError

@@ -4,6 +4,8 @@ into one line and an exit code."""
 
 from __future__ import annotations
 
+import errno
+
 
 class HelixError(Exception):
     """Base class of every error meant for a user."""
@@ -65,11 +67,16 @@ class DuplicateNameError(PluginError):
 class UnknownNameError(HelixError, KeyError):
     """No component of that kind and name is installed."""
 
-    def __init__(self, kind: str, name: str, suggestions: list[str], installed: list[str]):
+    def __init__(
+        self, kind: str, name: str, suggestions: list[str], installed: list[str], failed_plugins: list[str] | None = None
+    ):
         self.kind = kind
         self.name = name
         self.suggestions = suggestions
         self.installed = installed
+        #: "plugin (distribution): error" of every plugin that failed to load,
+        #: since the component asked for may be one of theirs.
+        self.failed_plugins = list(failed_plugins or [])
         super().__init__(str(self))
 
     def __str__(self) -> str:
@@ -77,6 +84,8 @@ class UnknownNameError(HelixError, KeyError):
         if self.suggestions:
             msg += f"; did you mean {', '.join(repr(s) for s in self.suggestions)}?"
         msg += f" (installed: {', '.join(self.installed) or 'none'})"
+        if self.failed_plugins:
+            msg += f"; plugins that failed to load, which may provide it: {'; '.join(self.failed_plugins)}"
         return msg
 
 
@@ -100,13 +109,97 @@ class SourceError(HelixError):
         super().__init__(f"{': '.join(parts)}: {message}" if parts else message)
 
 
+class InputFileError(HelixError):
+    """An input file cannot be read within its limits (not a regular file, too large)."""
+
+    def __init__(self, message: str, *, path: str):
+        self.message = message
+        self.path = path
+        super().__init__(f"{path}: {message}")
+
+
 class MeasurementError(HelixError):
     """A measurement cannot be computed on this input (never a placeholder)."""
 
 
+class OutputError(HelixError):
+    """An output path cannot be used: read-only, not a directory, the disk is
+    full, or it would overwrite an input of the command."""
+
+    def __init__(self, message: str, *, path: str | None = None):
+        self.path = path
+        super().__init__(f"{path}: {message}" if path else message)
+
+    @classmethod
+    def from_oserror(cls, path: object, exc: OSError, what: str = "cannot write") -> OutputError:
+        """``<path>: <what>: <reason>`` for an OSError met writing ``path``."""
+        reason = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+                  errno.EROFS: "read-only file system", errno.ENOTDIR: "a parent of it is not a directory",
+                  errno.EEXIST: "a parent of it is not a directory",
+                  errno.EACCES: "permission denied"}.get(exc.errno or 0, exc.strerror or str(exc))
+        return cls(f"{what}: {reason}", path=str(path))
+
+
+class OutputLocked(OutputError):
+    """Another live process holds the lock of an output directory."""
+
+    def __init__(self, path: str, pid: int | None, command: str | None = None):
+        self.pid = pid
+        holder = f"process {pid}" if pid is not None else "another process"
+        if command:
+            holder += f" ({command})"
+        super().__init__(f"in use by {holder}; wait for it to finish or choose another directory", path=path)
+
+
+class TensorFilterError(HelixError):
+    """A ``--tensors`` regex is invalid or selects no tensor the codec would
+    compress."""
+
+    def __init__(self, message: str, *, pattern: str):
+        self.pattern = pattern
+        super().__init__(message)
+
+
+class EnvironmentSettingError(HelixError):
+    """An environment variable the tool reads has a value it cannot use."""
+
+    def __init__(self, message: str, *, variable: str):
+        self.variable = variable
+        super().__init__(message)
+
+
+class ParamError(ValueError):
+    """A params field has a bad value; ``field`` names it."""
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        self.message = message
+        super().__init__(f"{field}: {message}")
+
+
+class FrontierError(HelixError):
+    """No frontier can be drawn (no table, no candidate with the figure)."""
+
+
+class ArtifactError(HelixError):
+    """An artifact directory is missing, incomplete or does not match its manifest."""
+
+
+class SweepError(HelixError):
+    """A sweep cannot run (too large, invalid points under --strict, no model, ...)."""
+
+
+class SweepTooLarge(SweepError):
+    """The grid has more than MAX_POINTS points."""
+
+
+class GGUFFormatError(ValueError):
+    """The bytes are not a GGUF header this reader understands."""
+
+
 class CorpusError(HelixError):
-    """A needle corpus file or document is unusable (missing, empty, not
-    UTF-8, or a needle whose value is not exactly once in its document)."""
+    """A needle corpus manifest or document is unusable (not JSON, empty,
+    not UTF-8, or a needle whose value is not exactly once in its document)."""
 
     def __init__(self, message: str, *, file: str, key: str | None = None):
         self.file = file

@@ -309,7 +309,8 @@ class Host:
         if not regs:
             installed = self.names(kind)
             close = difflib.get_close_matches(name, installed, n=3, cutoff=0.5)
-            raise UnknownNameError(kind, name, close, installed)
+            failed = [f"{f.plugin} ({f.distribution or f.source}): {f.error}" for f in self.failures]
+            raise UnknownNameError(kind, name, close, installed, failed)
         winner = _winner(regs)
         if winner is None:
             raise DuplicateNameError(regs[0].error or f"{kind} {name!r} is registered more than once")
@@ -356,6 +357,7 @@ def _validated(kind: str, obj: Any, info: PluginInfo) -> Registration:
     params = getattr(obj, "Params", None)
     if params is not None and not attrs.has(params):
         raise TypeError(f"{kind} {name!r} from {info.name}: Params must be an attrs class")
+    _check_default_params(kind, name, obj, params, info)
     if kind == "codec":
         from helix_jit.lanes import LaneWidth
 
@@ -363,6 +365,19 @@ def _validated(kind: str, obj: Any, info: PluginInfo) -> Registration:
         if bad or not obj.lane_widths:
             raise TypeError(f"codec {name!r} from {info.name}: lane_widths must be a non-empty tuple of LaneWidth")
     return Registration(kind, name, obj, info.name, info.distribution, info.version, info.source)
+
+
+def _check_default_params(kind: str, name: str, obj: Any, params: type | None, info: PluginInfo) -> None:
+    """A Params class whose defaults fail its own validators would surface later,
+    blamed on a user's YAML at a key it never mentions: refuse it here."""
+    if params is None or any(f.default is attrs.NOTHING for f in attrs.fields(params)):
+        return  # required fields: there are no defaults to check
+    try:
+        defaults = params()
+        if isinstance(obj, (Codec, Rotation)):  # the kinds with cross-field checks
+            obj.validate(defaults)
+    except Exception as exc:
+        raise TypeError(f"{kind} {name!r} from {info.name}: its default params fail validation: {_describe(exc)}") from exc
 
 
 def _resolve(regs: list[Registration]) -> list[Registration]:

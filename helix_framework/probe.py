@@ -1,5 +1,5 @@
 """The row-count probe: in-sample versus held-out figures as the calibration
-set grows (REFERENCE.md section 1).
+set grows (the published ICC 0.9998 was in-sample on 128 rows).
 
 For each calibration size r, a codec is fitted on the first r rows of a
 seeded permutation and measured on those rows (in-sample), on every other row

@@ -18,15 +18,20 @@ summary row last: a LanceDB ``add`` commits a new table version or nothing,
 so a killed sweep never leaves a half-written row, and tensor rows whose
 summary row is missing (the process died between the two adds) are deleted
 by `ResultsDB.drop_orphans` when the sweep resumes. Only one process (the
-sweep driver) writes.
+sweep driver) writes, and `ResultsDB.locked` makes sure of it: a second
+sweep on the same directory refuses while the first runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
+
+from helix_framework import outlock
+from helix_framework.artifacts import make_output_dir
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +96,17 @@ class ResultsDB:
         import lancedb
 
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        make_output_dir(self.directory, " (a sweep --db is a directory of tables)")
         self._db = lancedb.connect(str(self.directory))
+
+    @classmethod
+    @contextlib.contextmanager
+    def locked(cls, directory: str | Path) -> Iterator[ResultsDB]:
+        """The tables of ``directory`` for writing, the directory locked
+        against a second writer for the ``with`` block (`outlock`)."""
+        db = cls(directory)
+        with outlock.hold(db.directory, "sweep"):
+            yield db
 
     def table(self, name: str) -> Any:
         return self._db.create_table(name, schema=_schema(name), exist_ok=True)

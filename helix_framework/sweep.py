@@ -64,11 +64,13 @@ import attrs
 from helix_framework.config import (
     RowsConfig,
     canonical_json,
+    YamlDocument,
     candidate_from_mapping,
-    load_yaml,
+    read_config_file,
     structure,
 )
-from helix_framework.errors import ConfigError, HelixError
+from helix_framework.errors import ConfigError, HelixError, SweepError, SweepTooLarge
+from helix_framework.routing import NOT_SELECTED, tensor_selector
 
 log = logging.getLogger(__name__)
 
@@ -79,12 +81,8 @@ CANDIDATE_KEYS = ("params", "rotation", "rows", "in_sample", "routes")
 WORKER_ENV = ("HELIX_JIT_CACHE_DIR", "HELIX_CACHE_DIR", "HELIX_JIT_DISABLE", "HELIX_JIT_THREADS")
 
 
-class SweepError(HelixError):
-    """A sweep cannot run (too large, invalid points under --strict, no model, ...)."""
 
 
-class SweepTooLarge(SweepError):
-    """The grid has more than MAX_POINTS points."""
 
 
 # -- the sweep file ------------------------------------------------------------
@@ -143,16 +141,13 @@ class SweepSpec:
 
 def load_sweep(path: str | Path, host: Any = None) -> SweepSpec:
     """Read and check a sweep file (shape, axis names, cardinality)."""
-    path = Path(path)
+    return sweep_from_document(read_config_file(path), host)
+
+
+def sweep_from_document(doc: YamlDocument, host: Any = None) -> SweepSpec:
+    """Check a sweep read by `read_config_file`; errors carry its lines."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError("no such file", file=str(path)) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read: {exc}", file=str(path)) from None
-    doc = load_yaml(text, str(path))
-    try:
-        return attrs.evolve(sweep_from_mapping(doc.data, host), source=str(path))
+        return attrs.evolve(sweep_from_mapping(doc.data, host), source=doc.file)
     except ConfigError as exc:
         raise doc.error(exc) from None
 
@@ -345,7 +340,7 @@ def run_candidate(task: dict[str, Any]) -> dict[str, Any]:
     import helix_jit
     from threadpoolctl import threadpool_limits
 
-    from helix_framework.calibrate import calibrate_matrix, resolve, route_and_read
+    from helix_framework.calibrate import calibrate_matrix, mark_partial, partial_result, resolve, route_and_read
     from helix_framework.host import get_host
     from helix_framework.sources import open_source
 
@@ -358,13 +353,15 @@ def run_candidate(task: dict[str, Any]) -> dict[str, Any]:
         cand = candidate_from_mapping(task["mapping"], host)
         comp = resolve(cand, host)
         want_agree = "token_agreement" in cand.measure
-        selector = re.compile(task["tensors"]) if task.get("tensors") else None
+        selector = tensor_selector(task.get("tensors"))
         weights: dict[str, Any] = {}
+        left_out = 0
         with open_source(task["model"]) as source, helix_jit.record_kernels() as rec, \
                 threadpool_limits(1, "blas"):
             for info in source.tensors():
                 routed = route_and_read(source, info, cand, selector)
                 if routed.route != "codec":
+                    left_out += routed.reason == NOT_SELECTED
                     continue
                 x = routed.rows
                 result = calibrate_matrix(x, info.name, comp)
@@ -391,6 +388,7 @@ def run_candidate(task: dict[str, Any]) -> dict[str, Any]:
         summary.update(_summary_figures(tensor_rows, cand.in_sample))
         summary.update({"calibrate_s": calibrate_s, "agree_s": agree_s})
         if agreement is not None:
+            agreement = mark_partial(agreement, partial_result(len(tensor_rows), left_out))
             lo, hi = agreement["intervals"]["top1"]
             summary.update({
                 "positions": int(agreement["positions"]), "top1": float(agreement["top1"]),
@@ -476,22 +474,58 @@ def _run_local(tasks: list[dict[str, Any]], jobs: int, on_result: Callable[[int,
             raise
 
 
+#: environment of a Ray instance this tool starts: everything on loopback, no
+#: usage statistics. Ray replaces a loopback node address with the routable one
+#: (found by a UDP "connect" to 8.8.8.8) unless RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER
+#: is 0, and its head process asks the cloud metadata endpoints
+#: (169.254.169.254, metadata.google.internal) for the provider name even with
+#: usage statistics off; a proxy on a closed loopback port turns those requests
+#: into an immediate "connection refused", while loopback itself bypasses it.
+RAY_LOCAL_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_USAGE_STATS_PROMPT_ENABLED": "0",
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    **{k: "http://127.0.0.1:9" for k in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY")},
+    **{k: "localhost,127.0.0.1,::1" for k in ("no_proxy", "NO_PROXY")},
+}
+
+
+@contextlib.contextmanager
+def _environ(values: Mapping[str, str]) -> Iterator[None]:
+    """``os.environ`` with ``values`` while the block runs (child processes
+    started meanwhile keep them), then as it was."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def _run_ray(tasks: list[dict[str, Any]], jobs: int, address: str | None,
              on_result: Callable[[int, dict[str, Any]], None]) -> None:
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    try:
-        import ray
-    except ImportError:
-        raise SweepError("executor ray needs Ray: pip install 'helix-framework[ray]'") from None
-    env = {"RAY_USAGE_STATS_ENABLED": "0", **{k: os.environ[k] for k in WORKER_ENV if k in os.environ}}
-    started = False
-    if not ray.is_initialized():
-        kwargs: dict[str, Any] = {"log_to_driver": False, "runtime_env": {"env_vars": env}}
-        if address:
-            ray.init(address=address, **kwargs)
-        else:
-            ray.init(num_cpus=jobs, include_dashboard=False, object_store_memory=200 * 1024**2, **kwargs)
-        started = True
+    """Run ``tasks`` as Ray tasks: on the cluster at ``address``, else on a
+    Ray instance started here, bound to 127.0.0.1, dashboard and usage
+    statistics off (`RAY_LOCAL_ENV`)."""
+    with _environ({k: v for k, v in RAY_LOCAL_ENV.items() if not address or k.startswith("RAY_USAGE")}):
+        try:
+            import ray
+        except ImportError:
+            raise SweepError("executor ray needs Ray: pip install 'helix-framework[ray]'") from None
+        env = {"RAY_USAGE_STATS_ENABLED": "0", **{k: os.environ[k] for k in WORKER_ENV if k in os.environ}}
+        started = False
+        if not ray.is_initialized():
+            kwargs: dict[str, Any] = {"log_to_driver": False, "runtime_env": {"env_vars": env}}
+            if address:
+                ray.init(address=address, **kwargs)
+            else:
+                ray.init(num_cpus=jobs, include_dashboard=False, _node_ip_address="127.0.0.1",
+                         object_store_memory=200 * 1024**2, **kwargs)
+            started = True
     try:
         remote = ray.remote(num_cpus=1, max_retries=0)(run_candidate)
         pending = {remote.remote(task): i for i, task in enumerate(tasks)}
@@ -595,96 +629,97 @@ def run_sweep(
     with open_source(path) as source:
         file_hashes = source.file_hashes()
     mhash = model_hash_of(file_hashes)
-    db = ResultsDB(db_dir)
-    removed = db.drop_orphans(mhash)
-    done = db.done_keys(mhash)
-    seen: set[str] = set()
-    todo = []
-    for p in valid:
-        if p.key in done or p.key in seen:
-            continue
-        seen.add(p.key)
-        todo.append(p)
-    n_jobs = max(1, min(jobs or os.cpu_count() or 1, len(todo) or 1))
-    run_id = uuid.uuid4().hex
-    env = {k: os.environ[k] for k in WORKER_ENV if k in os.environ}
-    if n_jobs > 1 and "HELIX_JIT_THREADS" not in env:
-        env["HELIX_JIT_THREADS"] = "1"  # the workers already use every core
-    tasks = [{"mapping": p.mapping, "model": str(path), "tensors": spec.tensors,
-              "positions": spec.agreement.positions, "window": spec.agreement.window, "env": env} for p in todo]
-    emit("start", {"points": len(points), "valid": len(valid), "invalid": len(invalid),
-                   "already_done": len(valid) - len(todo), "to_run": len(todo), "workers": n_jobs,
-                   "executor": executor, "orphan_rows_removed": removed})
-    if any("token_agreement" in p.candidate.measure for p in todo):
-        _warm_reference(path, spec.agreement)
+    with ResultsDB.locked(db_dir) as db:
+        removed = db.drop_orphans(mhash)
+        done = db.done_keys(mhash)
+        seen: set[str] = set()
+        todo = []
+        for p in valid:
+            if p.key in done or p.key in seen:
+                continue
+            seen.add(p.key)
+            todo.append(p)
+        n_jobs = max(1, min(jobs or os.cpu_count() or 1, len(todo) or 1))
+        run_id = uuid.uuid4().hex
+        env = {k: os.environ[k] for k in WORKER_ENV if k in os.environ}
+        if n_jobs > 1 and "HELIX_JIT_THREADS" not in env:
+            env["HELIX_JIT_THREADS"] = "1"  # the workers already use every core
+        tasks = [{"mapping": p.mapping, "model": str(path), "tensors": spec.tensors,
+                  "positions": spec.agreement.positions, "window": spec.agreement.window, "env": env} for p in todo]
+        emit("start", {"points": len(points), "valid": len(valid), "invalid": len(invalid),
+                       "already_done": len(valid) - len(todo), "to_run": len(todo), "workers": n_jobs,
+                       "executor": executor, "orphan_rows_removed": removed})
+        if any("token_agreement" in p.candidate.measure for p in todo):
+            _warm_reference(path, spec.agreement)
 
-    kernel_sources: dict[str, set[str]] = {}
-    compile_events = 0
-    ok = 0
-    failed: list[dict[str, Any]] = []
-    written: list[dict[str, Any]] = []
-    plugin_cache: dict[tuple[str, str], dict[str, Any]] = {}
+        kernel_sources: dict[str, set[str]] = {}
+        compile_events = 0
+        ok = 0
+        failed: list[dict[str, Any]] = []
+        written: list[dict[str, Any]] = []
+        plugin_cache: dict[tuple[str, str], dict[str, Any]] = {}
 
-    def plugin(kind: str, name: str) -> dict[str, Any]:
-        if (kind, name) not in plugin_cache:
-            plugin_cache[kind, name] = _plugin_meta(host, kind, name)
-        return plugin_cache[kind, name]
+        def plugin(kind: str, name: str) -> dict[str, Any]:
+            if (kind, name) not in plugin_cache:
+                plugin_cache[kind, name] = _plugin_meta(host, kind, name)
+            return plugin_cache[kind, name]
 
-    def on_result(i: int, result: dict[str, Any]) -> None:
-        nonlocal compile_events, ok
-        p = todo[i]
-        cand = p.candidate
-        now = _dt.datetime.now(_dt.timezone.utc)
-        sig = kernel_signature(cand, host)
-        common = {"candidate_key": p.key, "sweep": spec.name, "candidate": cand.name, "run_id": run_id,
-                  "time": now, "model_id": str(model_arg), "model_hash": mhash, "kernel_signature": sig}
-        compiled_here = 0
-        for k in result["kernels"]:
-            kernel_sources.setdefault(k["signature"], set()).add(k["source"])
-            compiled_here += k["source"] == "compiled"
-        compile_events += compiled_here
-        codec, rotation = plugin("codec", cand.codec), plugin("rotation", cand.rotation.kind)
-        config = cand.to_json()
-        summary = {
-            **common, **result["summary"],
-            "codec": codec["name"], "codec_version": codec["version"],
-            "codec_distribution": codec["distribution"], "codec_distribution_version": codec["distribution_version"],
-            "rotation": rotation["name"], "rotation_version": rotation["version"],
-            "rotation_distribution": rotation["distribution"],
-            "rotation_distribution_version": rotation["distribution_version"],
-            "point": json.dumps(p.values, sort_keys=True), "params": json.dumps(flatten(config["params"])),
-            "config": json.dumps(config), "kernels": json.dumps(result["kernels"]),
-            "kernels_compiled": compiled_here, "kernels_from_cache": len(result["kernels"]) - compiled_here,
-        }
-        worker_pid = summary.pop("pid", None)
-        db.write_candidate([{**common, **row} for row in result["tensor_rows"]], summary)
-        if summary["status"] == "ok":
-            ok += 1
-        else:
-            failed.append({"index": p.index, "candidate": cand.name, "error": summary["error"]})
-        view = {k: summary.get(k) for k in ("candidate", "status", "error", "bits_per_weight", "rel_l2", "icc_3_1",
-                                             "top1", "top5", "kl_mean", "certified", "seconds", "kernels_compiled")}
-        view["worker_pid"] = worker_pid
-        view["done"] = ok + len(failed)
-        view["total"] = len(todo)
-        written.append(view)
-        emit("candidate", view)
+        def on_result(i: int, result: dict[str, Any]) -> None:
+            nonlocal compile_events, ok
+            p = todo[i]
+            cand = p.candidate
+            now = _dt.datetime.now(_dt.timezone.utc)
+            sig = kernel_signature(cand, host)
+            common = {"candidate_key": p.key, "sweep": spec.name, "candidate": cand.name, "run_id": run_id,
+                      "time": now, "model_id": str(model_arg), "model_hash": mhash, "kernel_signature": sig}
+            compiled_here = 0
+            for k in result["kernels"]:
+                kernel_sources.setdefault(k["signature"], set()).add(k["source"])
+                compiled_here += k["source"] == "compiled"
+            compile_events += compiled_here
+            codec, rotation = plugin("codec", cand.codec), plugin("rotation", cand.rotation.kind)
+            config = cand.to_json()
+            summary = {
+                **common, **result["summary"],
+                "codec": codec["name"], "codec_version": codec["version"],
+                "codec_distribution": codec["distribution"],
+                "codec_distribution_version": codec["distribution_version"],
+                "rotation": rotation["name"], "rotation_version": rotation["version"],
+                "rotation_distribution": rotation["distribution"],
+                "rotation_distribution_version": rotation["distribution_version"],
+                "point": json.dumps(p.values, sort_keys=True), "params": json.dumps(flatten(config["params"])),
+                "config": json.dumps(config), "kernels": json.dumps(result["kernels"]),
+                "kernels_compiled": compiled_here, "kernels_from_cache": len(result["kernels"]) - compiled_here,
+            }
+            worker_pid = summary.pop("pid", None)
+            db.write_candidate([{**common, **row} for row in result["tensor_rows"]], summary)
+            if summary["status"] == "ok":
+                ok += 1
+            else:
+                failed.append({"index": p.index, "candidate": cand.name, "error": summary["error"]})
+            view = {k: summary.get(k) for k in ("candidate", "status", "error", "bits_per_weight", "rel_l2", "icc_3_1",
+                                                 "top1", "top5", "kl_mean", "certified", "seconds", "kernels_compiled")}
+            view["worker_pid"] = worker_pid
+            view["done"] = ok + len(failed)
+            view["total"] = len(todo)
+            written.append(view)
+            emit("candidate", view)
 
-    if todo:
-        if executor == "local":
-            _run_local(tasks, n_jobs, on_result)
-        else:
-            _run_ray(tasks, n_jobs, address, on_result)
-    distinct = len(kernel_sources)
-    compiled = sum("compiled" in s for s in kernel_sources.values())
-    return SweepSummary(
-        sweep=spec.name, db=str(db_dir), model=str(model_arg), model_hash=mhash, run_id=run_id, executor=executor,
-        workers=n_jobs, points=len(points), valid=len(valid), invalid=invalid, already_done=len(valid) - len(todo),
-        ran=len(todo), ok=ok, failed=failed, orphan_rows_removed=removed, seconds=time.perf_counter() - started,
-        kernels={"distinct": distinct, "compiled": compiled, "from_cache": distinct - compiled,
-                 "compile_events": compile_events},
-        candidates=written,
-    )
+        if todo:
+            if executor == "local":
+                _run_local(tasks, n_jobs, on_result)
+            else:
+                _run_ray(tasks, n_jobs, address, on_result)
+        distinct = len(kernel_sources)
+        compiled = sum("compiled" in s for s in kernel_sources.values())
+        return SweepSummary(
+            sweep=spec.name, db=str(db_dir), model=str(model_arg), model_hash=mhash, run_id=run_id, executor=executor,
+            workers=n_jobs, points=len(points), valid=len(valid), invalid=invalid, already_done=len(valid) - len(todo),
+            ran=len(todo), ok=ok, failed=failed, orphan_rows_removed=removed, seconds=time.perf_counter() - started,
+            kernels={"distinct": distinct, "compiled": compiled, "from_cache": distinct - compiled,
+                     "compile_events": compile_events},
+            candidates=written,
+        )
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -718,7 +753,7 @@ def _warm_reference(model: Path, settings: AgreementSettings) -> None:
         key = agree_mod._cache_key(source, prompts, settings.positions, settings.window)
         t0 = time.perf_counter()
         with contextlib.suppress(Exception):
-            agree_mod.reference_outputs(reference, source, windows, key)
+            agree_mod.reference_outputs(lambda: reference, source, windows, key)
         log.info("reference logits ready in %.1f s", time.perf_counter() - t0)
 
 

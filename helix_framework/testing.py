@@ -25,9 +25,12 @@ The helpers use only numpy and attrs/cattrs; pytest is not required.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
-from typing import Any, Mapping
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import attrs
 import cattrs
@@ -40,13 +43,17 @@ from helix_framework.measurement import MeasureContext, Measurement
 from helix_framework.rotation import Rotation, RotationState
 
 __all__ = [
+    "check_codec_artifact_round_trip",
     "check_codec_bits",
     "check_codec_deterministic",
+    "check_codec_fixture",
     "check_codec_round_trip",
     "check_compressor",
+    "check_kernel",
     "check_measurement",
     "check_params_round_trip",
     "check_rotation_invertible",
+    "write_codec_fixture",
 ]
 
 
@@ -234,3 +241,140 @@ def check_measurement(measurement: Measurement, context: MeasureContext) -> dict
     again = measurement.measure(context)
     assert again == figures, f"{label} is not deterministic for a fixed context: {figures} vs {again}"
     return figures
+
+
+# -- kernels -------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _jit_disabled(disabled: bool) -> Iterator[None]:
+    old = os.environ.get("HELIX_JIT_DISABLE")
+    os.environ["HELIX_JIT_DISABLE"] = "1" if disabled else "0"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("HELIX_JIT_DISABLE", None)
+        else:
+            os.environ["HELIX_JIT_DISABLE"] = old
+
+
+def check_kernel(
+    kernel: Any,
+    lane_width: Any,
+    constants: Mapping[str, Any],
+    make_args: Callable[[], Sequence[Any]],
+    outputs: Sequence[int],
+    *,
+    rtol: float = 0.0,
+    atol: float = 0.0,
+) -> list[np.ndarray]:
+    """Run a declared kernel (`helix_jit.declare_kernel`) compiled and as its
+    numpy reference (``HELIX_JIT_DISABLE=1``) on the same inputs and compare.
+
+    ``make_args()`` returns a fresh argument list each call (arrays for the
+    pointer arguments, numbers for the scalars); ``outputs`` are the indices of
+    the arguments the kernel writes. Exact by default; give ``rtol``/``atol``
+    where the IR reorders float sums. Returns the compiled outputs.
+    """
+    results = []
+    for disabled in (False, True):
+        with _jit_disabled(disabled):
+            fn = kernel.get(lane_width, **constants)
+            args = list(make_args())
+            fn(*args)
+            results.append([np.array(args[i], copy=True) for i in outputs])
+    label = f"kernel {kernel.name!r} at {getattr(lane_width, 'value', lane_width)} with {dict(constants)}"
+    for i, jit_out, ref_out in zip(outputs, *results):
+        assert jit_out.shape == ref_out.shape and jit_out.dtype == ref_out.dtype, (
+            f"{label}: argument {i} is {jit_out.dtype}{jit_out.shape} compiled, {ref_out.dtype}{ref_out.shape} reference"
+        )
+        if rtol == 0 and atol == 0:
+            bad = np.flatnonzero(~((jit_out == ref_out) | (np.isnan(jit_out) & np.isnan(ref_out))).ravel()) \
+                if jit_out.dtype.kind == "f" else np.flatnonzero((jit_out != ref_out).ravel())
+            assert bad.size == 0, (
+                f"{label}: argument {i} differs from the reference at {bad.size} element(s), first at flat index "
+                f"{int(bad[0])}: {jit_out.ravel()[bad[0]]!r} vs {ref_out.ravel()[bad[0]]!r}"
+            )
+        else:
+            assert np.allclose(jit_out, ref_out, rtol=rtol, atol=atol, equal_nan=True), (
+                f"{label}: argument {i} differs from the reference beyond rtol={rtol}, atol={atol}; "
+                f"max |diff| {float(np.nanmax(np.abs(jit_out.astype(np.float64) - ref_out))):.3g}"
+            )
+    return results[0]
+
+
+# -- artifacts -----------------------------------------------------------------
+
+
+def _save_encoded(directory: Path, state: CodecState, codes: Codes) -> Path:
+    from helix_framework.artifacts import write_safetensors
+
+    arrays = {f"codes.{k}": np.ascontiguousarray(v) for k, v in codes.arrays.items()}
+    arrays.update({f"state.{k}": np.ascontiguousarray(v) for k, v in state.arrays.items()})
+    meta = json.dumps({"state": dict(state.meta), "codes": dict(codes.meta)}, sort_keys=True)
+    name, _, _ = write_safetensors(directory, "codec", arrays, {"helix_meta": meta})
+    return directory / name
+
+
+def _load_encoded(path: Path) -> tuple[CodecState, Codes]:
+    # The safetensors package itself reads it back: a second, independent reader.
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as f:
+        meta = json.loads(f.metadata()["helix_meta"])
+        arrays = {k: f.get_tensor(k) for k in f.keys()}
+    state = {k[6:]: np.array(v) for k, v in arrays.items() if k.startswith("state.")}
+    codes = {k[6:]: np.array(v) for k, v in arrays.items() if k.startswith("codes.")}
+    return CodecState(state, meta["state"]), Codes(codes, meta["codes"])
+
+
+def check_codec_artifact_round_trip(
+    codec: Codec, params: Any, rows: np.ndarray, directory: str | Path, *, seed: int = 0
+) -> np.ndarray:
+    """Fit and encode, save state and codes as safetensors (their metadata as
+    JSON), reload them and check ``decode`` gives the same rows bit for bit.
+
+    This is how helix stores a codec's output in an artifact: every array must
+    be a numpy array safetensors can hold, every ``meta`` value JSON-safe, and
+    ``decode`` must need nothing that is not stored. Returns the decode."""
+    label = _label(codec)
+    x = _rows(rows)
+    state, codes = _fit_encode(codec, params, x, seed)
+    try:
+        json.dumps({"state": dict(state.meta), "codes": dict(codes.meta)})
+    except TypeError as exc:
+        raise AssertionError(f"{label}: state or codes meta is not JSON-safe: {exc}") from None
+    before = codec.decode(state, codes)
+    path = _save_encoded(Path(directory), state, codes)
+    after = codec.decode(*_load_encoded(path))
+    assert before.dtype == after.dtype and np.array_equal(before, after, equal_nan=True), (
+        f"{label}: decode after a safetensors round trip differs from decode in memory"
+    )
+    return after
+
+
+def write_codec_fixture(codec: Codec, params: Any, rows: np.ndarray, directory: str | Path, *, seed: int = 0) -> Path:
+    """Write a backward-compatibility fixture: the encoded rows and their decode.
+
+    Commit the file with the plugin's tests; `check_codec_fixture` then
+    proves that a later version still decodes what this version wrote (as
+    numcodecs keeps fixtures per codec). The file, written into
+    ``directory``, is named by a content hash; its path is returned."""
+    x = _rows(rows)
+    state, codes = _fit_encode(codec, params, x, seed)
+    codes = Codes({**codes.arrays, "__expected__": codec.decode(state, codes)}, codes.meta)
+    return _save_encoded(Path(directory), state, codes)
+
+
+def check_codec_fixture(codec: Codec, path: str | Path) -> np.ndarray:
+    """Decode a fixture written by `write_codec_fixture` (by this or an older
+    version of the codec) and check it equals the decode stored in it."""
+    state, codes = _load_encoded(Path(path))
+    expected = codes.arrays["__expected__"]
+    got = codec.decode(state, Codes({k: v for k, v in codes.arrays.items() if k != "__expected__"}, codes.meta))
+    assert got.shape == expected.shape and np.array_equal(got, expected, equal_nan=True), (
+        f"{_label(codec)} {codec.version}: decoding the fixture {Path(path).name} no longer gives the rows it "
+        "stored: the encoded format changed (bump the codec's name or keep decoding the old format)"
+    )
+    return got

@@ -103,7 +103,7 @@ def test_errors_name_file_key_path_and_line(tmp_path, toy_host, old, new, path, 
 
 def test_subspaces_and_subspace_dim_are_exclusive(tmp_path, toy_host):
     err = load_error(tmp_path, ISSUE_EXAMPLE.replace("  subspaces: 6\n", "  subspaces: 6\n  subspace_dim: 8\n"), toy_host)
-    assert "exactly one of subspaces" in str(err) and err.path == "$.params.subspaces"
+    assert "one of subspaces (number of subspaces) or subspace_dim (weights per code), not both" in str(err) and err.path == "$.params.subspaces"
 
 
 def test_lane_width_the_codec_does_not_support(tmp_path, toy_host):
@@ -158,8 +158,8 @@ def test_helix_check_exit_codes(tmp_path):
     assert proc.returncode == 0 and "ok" in proc.stdout
     proc = run_helix(["check", str(good), str(bad), str(good)])
     assert proc.returncode == 2
-    assert proc.stdout.count("ok") == 1  # stops at the first bad file
-    assert proc.stderr == f"helix: error: {bad}:4: $.params.subspaces: must be >= 1, got 0\n"
+    assert proc.stdout.count("ok  ") == 2  # every file is reported, the bad one on stderr
+    assert proc.stderr == f"helix: error: {bad}:4: $.params.subspaces: must be >= 1, got 0\nhelix: 1 of 3 files failed\n"
 
 
 # -- kernel signature --------------------------------------------------------
@@ -238,3 +238,8 @@ def test_random_text_raises_only_config_errors(toy_host, text):
         candidate_from_mapping(doc.data, toy_host)
     except ConfigError:
         pass
+
+
+def test_missing_required_key_names_it_once(tmp_path, toy_host):
+    err = load_error(tmp_path, "codec: toy\n", toy_host)
+    assert err.path == "$.name" and "required key is missing" in str(err)

@@ -8,10 +8,32 @@ from helix_framework import hookspecs
 README = (ROOT / "README.md").read_text()
 
 
-def test_every_hook_has_a_readme_section_and_a_docstring():
-    for name in hookspecs.KINDS.values():
-        assert f"#### `{name}(register)`" in README, name
-        assert getattr(hookspecs, name).__doc__.strip()
+def _hookspecs():
+    """The hook specifications themselves, not a list kept beside them."""
+    marker = f"{hookspecs.PROJECT}_spec"
+    found = {name for name, fn in vars(hookspecs).items() if callable(fn) and hasattr(fn, marker)}
+    assert found, "no hookspecs found: the scan is broken"
+    return found
+
+
+def test_every_hook_has_a_readme_section_a_docstring_and_a_test():
+    tests = "\n".join(p.read_text() for p in (ROOT / "tests").rglob("*.py"))
+    for name in _hookspecs():
+        assert f"#### `{name}(register)`" in README, f"{name} has no README section"
+        assert (getattr(hookspecs, name).__doc__ or "").strip(), f"{name} has no docstring"
+        assert re.search(rf"def {name}\(", tests), f"no test plugin implements {name}"
+    assert set(hookspecs.KINDS.values()) == _hookspecs()
+
+
+def test_every_optional_capability_of_a_base_class_is_documented():
+    from helix_framework.codec import Codec
+    from helix_framework.rotation import Rotation
+
+    for base in (Codec, Rotation):
+        flags = [n for n, v in vars(base).items() if isinstance(v, bool) and n != "override"]
+        assert flags, base
+        for flag in flags:
+            assert f"`{flag} = True`" in README, f"{base.__name__}.{flag} is not documented in README.md"
 
 
 def test_every_environment_variable_is_documented():

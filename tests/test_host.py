@@ -185,3 +185,22 @@ def test_help_imports_no_plugin_and_no_numpy():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_params_whose_defaults_fail_validation_fail_at_registration():
+    from helix_test_plugins import bad_defaults
+
+    host = Host(autoload=False)
+    with pytest.raises(PluginError, match=r"'bad_defaults'.*default params fail validation.*levels.*must be positive"):
+        host.register(bad_defaults)
+    assert "bad_defaults" not in host.names("codec")
+
+
+def test_unknown_name_says_which_plugins_failed_to_load(site, tmp_path):
+    config = tmp_path / "candidate.yaml"
+    config.write_text("name: t\ncodec: broken_codec\n")
+    proc = run_helix(["check", str(config)], pythonpath=[site])
+    assert proc.returncode == 2
+    line = proc.stderr.strip().splitlines()[-1]
+    assert "unknown codec 'broken_codec'" in line
+    assert "plugins that failed to load" in line and "broken (helix-broken)" in line and "ModuleNotFoundError" in line

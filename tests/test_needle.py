@@ -54,7 +54,7 @@ def test_count_token():
     assert count_token("api api api", "api", limit=2) == 2
 
 
-# -- harvest: the phantom cases of REFERENCE.md section 5 --------------------------
+# -- harvest: the phantom cases (docstrings, calls, prose keys, annotations) ------
 
 PHANTOM_SOURCE = '''"""Module docs.
 

@@ -287,3 +287,12 @@ def test_cli_answer_text_report_with_a_scripted_reader(tmp_path, monkeypatch, ca
     sample = out.split("sample of graded answers")[1].strip().splitlines()[1:]
     assert len(sample) == 6 and sum(line.lstrip().startswith("guess") for line in sample) == 2
     assert "truncate 0.5" in out and "uncompressed" in out
+
+
+def test_corpus_document_that_is_missing_or_not_a_file_is_one_line(tmp_path, capsys):
+    path = _manifest(tmp_path, b"a=17", [{"key": "a", "value": "17"}])
+    (tmp_path / "doc.log").unlink()
+    (tmp_path / "doc.log").mkdir()
+    assert main(["needle", "--corpus", str(path), "--json"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.strip().splitlines()) == 1 and "doc.log: not a regular file" in err

@@ -11,7 +11,7 @@ from scipy import special
 from helix_framework.errors import MeasurementError
 from helix_framework.measure import stats
 
-# Shrout & Fleiss (1979), Table 2: 6 targets rated by 4 judges (REFERENCE.md section 2).
+# Shrout & Fleiss (1979), Table 2: 6 targets rated by 4 judges.
 SF = np.array(
     [[9, 2, 5, 8], [6, 1, 3, 2], [8, 4, 6, 8], [7, 1, 2, 6], [10, 5, 6, 9], [6, 2, 4, 7]],
     dtype=np.float64,

@@ -31,13 +31,8 @@ from helix_framework.measure.stats import wilson_interval
 GATE_TOP1 = 0.99
 GATE_TOP5 = 0.999
 MIN_POSITIONS = 2000
-
-
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise log-softmax in float64 (KL of near-identical models needs it)."""
-    x = np.asarray(logits, dtype=np.float64)
-    x = x - x.max(axis=-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+#: positions handled at once by `AgreementAccumulator.add` (memory, not numerics)
+CHUNK = 128
 
 
 @attrs.frozen
@@ -62,8 +57,42 @@ class AgreementResult:
         return out
 
 
+@attrs.frozen
+class ReferenceChunk:
+    """What the accumulator needs of the reference's logits for some positions,
+    computed once (a sweep compares many candidates against one reference).
+
+    ``log_p = logits - offset`` row by row; ``p`` is its exponent (float32).
+    """
+
+    logits: np.ndarray = attrs.field(repr=False, eq=False)
+    offset: np.ndarray = attrs.field(repr=False, eq=False)
+    p: np.ndarray = attrs.field(repr=False, eq=False)
+    top1: np.ndarray = attrs.field(repr=False, eq=False)
+
+    @classmethod
+    def from_logits(cls, logits: np.ndarray) -> ReferenceChunk:
+        x = np.asarray(logits, dtype=np.float32)
+        offset = log_normalizer(x)
+        p = x - offset[:, None].astype(np.float32)
+        np.exp(p, out=p)
+        return cls(logits=x, offset=offset, p=p, top1=x.argmax(axis=-1))
+
+
+def log_normalizer(logits: np.ndarray) -> np.ndarray:
+    """Row-wise log-sum-exp of float32 logits, as float64 [T]."""
+    m = logits.max(axis=-1, keepdims=True)
+    e = np.exp(logits - m)
+    return m[:, 0].astype(np.float64) + np.log(e.sum(axis=-1, dtype=np.float64))
+
+
 class AgreementAccumulator:
-    """Collects per-position figures chunk by chunk (logits never all in memory)."""
+    """Collects per-position figures chunk by chunk (logits never all in memory).
+
+    Work is in float32 over the vocabulary with float64 sums: KL is
+    ``sum p_ref (z_ref - z_cand) - (lse_ref - lse_cand)`` with logits ``z``, so
+    identical logits give exactly 0 and near-identical ones lose nothing to
+    the cancellation of two log-softmaxes."""
 
     def __init__(self) -> None:
         self._top1: list[np.ndarray] = []
@@ -74,24 +103,42 @@ class AgreementAccumulator:
         self._dp: list[np.ndarray] = []
         self._positions: list[np.ndarray] = []
 
-    def add(self, ref_logits: np.ndarray, cand_logits: np.ndarray, next_tokens: np.ndarray, positions: np.ndarray) -> None:
-        """Add positions: logits [T, V] of both models, the stream's next token
-        at each position ([T], -1 where the stream ends) and global positions."""
-        if ref_logits.shape != cand_logits.shape:
-            raise MeasurementError(f"logit shapes differ: {ref_logits.shape} vs {cand_logits.shape}")
-        ref_top1 = ref_logits.argmax(axis=-1)
-        self._top1.append(cand_logits.argmax(axis=-1) == ref_top1)
-        k = min(5, cand_logits.shape[-1])
-        cand_top5 = np.argpartition(cand_logits, -k, axis=-1)[:, -k:]
-        self._top5.append((cand_top5 == ref_top1[:, None]).any(axis=-1))
-        lp_ref, lp_cand = log_softmax(ref_logits), log_softmax(cand_logits)
-        self._kl.append(np.maximum((np.exp(lp_ref) * (lp_ref - lp_cand)).sum(axis=-1), 0.0))
+    def add(
+        self, ref: np.ndarray | ReferenceChunk, cand_logits: np.ndarray, next_tokens: np.ndarray, positions: np.ndarray
+    ) -> None:
+        """Add positions: the reference's logits [T, V] (or their `ReferenceChunk`),
+        the candidate's logits, the stream's next token at each position ([T],
+        -1 where the stream ends) and global positions.
+
+        Top-5: the reference's top-1 token is in the candidate's top five when
+        fewer than five tokens have a strictly higher candidate logit."""
+        if not isinstance(ref, ReferenceChunk) and len(ref) > CHUNK:
+            # bounded temporaries: a few [CHUNK, V] float32 arrays at a time
+            for i in range(0, len(ref), CHUNK):
+                s = slice(i, i + CHUNK)
+                self.add(ref[s], cand_logits[s], next_tokens[s], positions[s])
+            return
+        ref = ref if isinstance(ref, ReferenceChunk) else ReferenceChunk.from_logits(ref)
+        cand = np.asarray(cand_logits, dtype=np.float32)
+        if ref.logits.shape != cand.shape:
+            raise MeasurementError(f"logit shapes differ: {ref.logits.shape} vs {cand.shape}")
+        self._top1.append(cand.argmax(axis=-1) == ref.top1)
+        at_ref = cand[np.arange(cand.shape[0]), ref.top1]
+        self._top5.append((cand > at_ref[:, None]).sum(axis=-1) < 5)
+        offset = log_normalizer(cand)
+        diff = ref.logits - cand
+        diff *= ref.p
+        kl = diff.sum(axis=-1, dtype=np.float64) - (ref.offset - offset) * ref.p.sum(axis=-1, dtype=np.float64)
+        del diff
+        self._kl.append(np.maximum(kl, 0.0))
         has_next = next_tokens >= 0
         rows = np.flatnonzero(has_next)
         tok = next_tokens[has_next]
-        self._nll_ref.append(-lp_ref[rows, tok])
-        self._nll_cand.append(-lp_cand[rows, tok])
-        self._dp.append(np.exp(lp_cand[rows, tok]) - np.exp(lp_ref[rows, tok]))
+        lr = ref.logits[rows, tok].astype(np.float64) - ref.offset[rows]
+        lc = cand[rows, tok].astype(np.float64) - offset[rows]
+        self._nll_ref.append(-lr)
+        self._nll_cand.append(-lc)
+        self._dp.append(np.exp(lc) - np.exp(lr))
         self._positions.append(np.asarray(positions))
 
     @property

@@ -69,7 +69,7 @@ class IccResult:
 def icc(matrix: np.ndarray, form: str) -> IccResult:
     """Intraclass correlation of ``matrix[n_targets, k_raters]``.
 
-    Implements Shrout & Fleiss (1979) exactly as in REFERENCE.md section 2:
+    Implements Shrout & Fleiss (1979), Psychological Bulletin 86(2):
     with row means r_i, column means c_j and grand mean M,
     SS_R = k sum (r_i - M)^2, SS_C = n sum (c_j - M)^2, SS_W = sum (x_ij - r_i)^2,
     SS_E = sum (x_ij - r_i - c_j + M)^2 (computed from residuals, so never

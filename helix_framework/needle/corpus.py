@@ -38,6 +38,7 @@ from pathlib import Path
 
 import attrs
 
+from helix_framework.bounded_read import read_regular_file
 from helix_framework.errors import CorpusError
 from helix_framework.needle.grading import count_token, token_positions
 from helix_framework.needle.harvest import Candidate, Needle, harvest_diff, harvest_python, harvest_text, select_needles
@@ -341,11 +342,12 @@ def build_corpus(seed: int = 0, docs: dict[str, int] | None = None) -> Corpus:
     return Corpus(seed=seed, docs=tuple(d for d, _ in parts), needles=tuple(needles))
 
 
+#: Largest corpus file (manifest or document) read: far more than a reader's window.
+MAX_FILE_BYTES = 64 * 1024 * 1024
+
+
 def _read_document(path: Path) -> str:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise CorpusError(f"cannot read: {exc.strerror or exc}", file=str(path)) from None
+    data = read_regular_file(path, MAX_FILE_BYTES)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -365,13 +367,13 @@ def load_corpus(manifest: str | os.PathLike[str]) -> Corpus:
     `CONTENT_TYPES`; ``id`` optional (default the path). Every document must
     be non-empty UTF-8, and every needle's value must occur exactly once in
     its document as a whole token (`grading`), or the question has no single
-    answer. Any violation raises `CorpusError` naming the file (and key).
+    answer. Any violation raises `CorpusError` naming the file (and key); a
+    file that is missing, not a regular file or over `MAX_FILE_BYTES`,
+    `InputFileError`.
     """
     where = str(manifest)
     try:
-        spec = json.loads(Path(manifest).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise CorpusError(f"cannot read: {exc.strerror or exc}", file=where) from None
+        spec = json.loads(read_regular_file(manifest, MAX_FILE_BYTES).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CorpusError(f"not a JSON manifest: {exc}", file=where) from None
     entries = spec.get("documents") if isinstance(spec, dict) else None

@@ -3,7 +3,7 @@
 This is the only module that imports llvmlite, and it is imported lazily (on
 the first compile or load), so ``import helix_jit`` stays cheap.
 
-llvmlite 0.50 facts this relies on (shared/REFERENCE.md, section 4):
+llvmlite 0.50 facts this relies on (measured here):
 ``binding.initialize()`` raises, so only the native target and asm printer
 are initialised; the legacy pass manager is gone (new pass builder); one
 TargetMachine per MCJIT engine, since the engine takes ownership of it.

@@ -11,7 +11,8 @@ the largest one. Encode and decode run the ``helix_jit`` kernels
 (``pq_assign``, ``pq_decode``) at ``params.lane_width``, so
 ``HELIX_JIT_DISABLE=1`` switches them to their numpy references.
 
-The mistakes of the system this comes from (REFERENCE.md section 1) are
+The mistakes of the system this comes from (a CAM-PQ lab whose ICC was
+measured on its own training rows) are
 refused here: fewer than 39 training vectors per centroid raises
 `CentroidStarved` unless ``allow_starved`` (then the tensor is flagged
 ``starved``); a codebook with fewer distinct training vectors than K holds
@@ -46,6 +47,10 @@ __all__ = ["CampqCodec", "subspace_widths"]
 _F16_MAX = float(np.finfo(np.float16).max)
 
 
+#: ``subspace_dim`` when a config gives neither it nor ``subspaces``.
+DEFAULT_SUBSPACE_DIM = 8
+
+
 def subspace_widths(params: CampqParams, row_dim: int) -> tuple[int, ...]:
     """The subspace widths of a row of ``row_dim`` weights under ``params``.
 
@@ -72,7 +77,7 @@ def subspace_widths(params: CampqParams, row_dim: int) -> tuple[int, ...]:
                 path="$.params.subspaces",
             )
         return widths
-    w = int(params.subspace_dim)
+    w = int(params.subspace_dim or DEFAULT_SUBSPACE_DIM)
     if w > d:
         raise ConfigError(f"subspace_dim {w} exceeds the row width {d}", path="$.params.subspace_dim")
     full, rest = divmod(d, w)
@@ -129,6 +134,7 @@ class CampqCodec(Codec):
 
     name: ClassVar[str] = "campq"
     version: ClassVar[str] = __version__
+    compressed_matmul: ClassVar[bool] = True
     Params: ClassVar[type] = CampqParams
 
     def validate(self, params: CampqParams) -> None:
@@ -287,14 +293,15 @@ class CampqCodec(Codec):
             out *= np.asarray(codes.arrays["row_scale"]).astype(np.float32)[:, None]
         return out
 
-    def adc_operands(self, state: CodecState, codes: Codes) -> tuple[list, list, np.ndarray | None]:
-        """What `helix_jit.adc_matvec` needs to multiply by the encoded matrix
-        without decoding it: codes per stage, codebooks per stage and subspace,
-        and the per-row scales (or None)."""
+    def matmul(self, state: CodecState, codes: Codes, x: np.ndarray, params: Any) -> np.ndarray:
+        """The encoded matrix times ``x`` [row_dim, T] through `helix_jit.adc_matvec`:
+        per subspace, a lookup table of codeword . x (quantized to uint8 or int8
+        per ``params.distance``), summed over stages and scaled per row."""
         cbs = self._stage_codebooks(state)
         stage_codes = [np.ascontiguousarray(codes.arrays[f"stage{s}"]) for s in range(len(cbs))]
         scale = np.asarray(codes.arrays["row_scale"]).astype(np.float32) if state.meta["row_scale"] else None
-        return stage_codes, cbs, scale
+        xt = np.ascontiguousarray(x, dtype=np.float32)
+        return helix_jit.adc_matvec(stage_codes, cbs, xt, params.distance, params.lane_width, row_scale=scale)
 
     # -- bits -------------------------------------------------------------------
 

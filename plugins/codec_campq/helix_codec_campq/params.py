@@ -30,8 +30,9 @@ class CampqParams:
     Give either ``subspaces`` (M subspaces; uneven widths when the row width
     is not divisible, see ``helix_jit.split_widths``) or ``subspace_dim`` (a
     fixed number of weights per code; with ``per_subspace`` codebooks the
-    last subspace is narrower when the width is not divisible), not both.
-    No column is ever dropped.
+    last subspace is narrower when the width is not divisible), not both;
+    with neither, ``subspace_dim`` is 8 (vectors of 8 weights, the layout of
+    the shipped candidates). No column is ever dropped.
 
     - ``centroids``: K of the base stage (2..65,536); codes are uint8 when
       the trained count is <= 256, else uint16.
@@ -65,8 +66,8 @@ class CampqParams:
 
     def check(self) -> None:
         """Cross-field checks that need no row width (ConfigError with the key)."""
-        if (self.subspaces is None) == (self.subspace_dim is None):
+        if self.subspaces is not None and self.subspace_dim is not None:
             raise ConfigError(
-                "give exactly one of subspaces (number of subspaces) or subspace_dim (weights per code)",
-                path="$.subspaces" if self.subspaces is not None else "$",
+                "give one of subspaces (number of subspaces) or subspace_dim (weights per code), not both",
+                path="$.subspaces",
             )

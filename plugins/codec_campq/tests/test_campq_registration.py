@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from helix_codec_campq.codec import subspace_widths
 from helix_codec_campq.params import CampqParams, Residual
 from helix_framework.errors import CentroidStarved, ConfigError
 from helix_framework.host import Host
@@ -19,8 +20,10 @@ def test_params_schema():
     check_params_round_trip(params)
     with pytest.raises(ValueError, match="centroids"):
         CampqParams(subspaces=6, centroids=1)
-    with pytest.raises(ConfigError, match="exactly one of subspaces"):
-        CampqParams().check()
+    with pytest.raises(ConfigError, match="one of subspaces .* not both"):
+        CampqParams(subspaces=6, subspace_dim=8).check()
+    CampqParams().check()  # the defaults are valid: vectors of 8 weights
+    assert subspace_widths(CampqParams(), 576) == (8,) * 72
 
 
 def test_use_through_the_host_fits_real_codes():
