@@ -640,7 +640,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("needle", help="needle benchmark: do compressed contexts keep their key=value facts?")
     p.add_argument("--compressor", action="append", metavar="NAME", help="repeatable (default: truncate and headroom)")
-    p.add_argument("--ratio", action="append", type=float, metavar="R", help="target ratio, repeatable (default: 0.5 and 0.25)")
+    p.add_argument("--ratio", action="append", type=float, metavar="R", help="target ratio in (0, 1], repeatable (default: 0.5 and 0.25)")
     p.add_argument("--seed", type=int, default=0, help="corpus seed (default 0)")
     p.add_argument("--corpus", metavar="FILE.json", help="your own documents and needles (JSON manifest) instead "
                    "of the generated corpus")
