@@ -44,6 +44,16 @@ with getattr):
   ``params`` are the candidate's params, so the codec reads its own keys
   (campq: ``distance`` and ``lane_width``).
 
+  The stage (`helix_framework.error_feedback`) first calls
+  ``bind_rows(state, rows, stats=...)`` with the whole original matrix: it
+  returns a state with every per-row parameter (rtn's group scales and
+  zeros, campq's row scales) fixed from the original weights ("static
+  groups"), because error feedback changes the weights before their group
+  is reached. ``quantize_columns`` and ``encode`` then use that bound state;
+  ``encode`` copies the bound parameters into the codes, so the codes decode
+  with the state ``fit`` returned (the one the host saves) and ``fit`` may
+  run on calibration rows only, as in a data-free candidate.
+
 Two codecs may share a name only if their formats are compatible.
 """
 
@@ -129,6 +139,13 @@ class Codec:
     def bits(self, state: CodecState, n_rows: int, row_dim: int) -> BitsAccount:
         raise NotImplementedError
 
+    def bind_rows(self, state: CodecState, rows: np.ndarray, stats: Any = None) -> CodecState:
+        """The state for error feedback on the matrix ``rows`` (see the module docstring).
+
+        Default: ``state`` unchanged, for codecs with no per-row parameters.
+        """
+        return state
+
     def column_atom(self, state: CodecState) -> int:
         """Columns quantized together (1 for scalar codecs, the subspace width for VQ)."""
         return 1
@@ -136,9 +153,11 @@ class Codec:
     def quantize_columns(self, state: CodecState, values: np.ndarray, start: int) -> np.ndarray:
         """Quantize-dequantize the atom of columns ``[start, start + column_atom)``.
 
-        ``values`` [n_rows, column_atom] are those columns' current (error
-        corrected) values; the result has the same shape, float32, on the
-        codec's grid. Only codecs with ``quantizes_columns = True`` implement it.
+        ``state`` is the one ``bind_rows`` returned. ``values`` [n_rows,
+        column_atom] are those columns' current (error corrected) values,
+        float32; the result has the same shape, float32, on the codec's grid,
+        computed with the same float operations as ``decode``. Only codecs
+        with ``quantizes_columns = True`` implement it.
         """
         raise NotImplementedError
 

@@ -205,3 +205,12 @@ class CorpusError(HelixError):
         self.file = file
         self.key = key
         super().__init__(f"{file}: {f'needle {key!r}: ' if key else ''}{message}")
+
+
+class ErrorFeedbackError(HelixError):
+    """Error feedback cannot run on a tensor, or a codec broke its promise
+    (encode of the quantized columns did not reproduce them); ``codec`` names it."""
+
+    def __init__(self, message: str, *, codec: str | None = None):
+        self.codec = codec
+        super().__init__(message)

@@ -184,7 +184,7 @@ def test_rtn_bits_per_weight():
 
 
 def test_rtn_params_validation():
-    for bad in (5, 16, 0, True, "8", 8.0):
+    for bad in (1, 9, 16, 0, True, "8", 8.0):
         with pytest.raises(ParamError) as info:
             RtnParams(bits=bad)
         assert info.value.field == "bits"
@@ -201,7 +201,8 @@ def test_rtn_params_validation():
 
 def test_params_metadata_marks_codegen_free_fields():
     assert attrs.fields(PassthroughParams).lane_width.metadata == {"codegen": False}
-    assert all(f.metadata.get("codegen", True) for f in attrs.fields(RtnParams))
+    assert all(f.metadata.get("codegen", True) for f in attrs.fields(RtnParams) if f.name != "clip")
+    assert attrs.fields(RtnParams).clip.metadata == {"codegen": False}
 
 
 def test_params_structure_from_config_mapping():
@@ -360,3 +361,73 @@ def test_rtn_properties_on_random_shapes(n, d, bits, group, symmetric, scale, se
     per_group = 16 if symmetric else 32
     assert (acct.code_bits, acct.overhead_bits) == (bits * n * d, per_group * n * n_groups)
     testing.check_codec_deterministic(RTN, params, rows, seed=seed)
+
+
+# ---------------------------------------------------------------- rtn: bits 2..8, clip, error feedback
+
+
+def _stats(d, seed=0):
+    from helix_framework.layer_stats import LayerStats
+
+    x = np.random.default_rng(seed).standard_normal((500, d)) * np.linspace(0.1, 4.0, d)
+    return LayerStats(hessian=x.T @ x, n_tokens=500)
+
+
+def test_rtn_every_bit_width_from_2_to_8_halves_the_error_per_bit():
+    rows = normal_rows(32, 256, seed=11)
+    errs = [rel_l2(rows, round_trip(RTN, RtnParams(bits=b, group_size=64, symmetric=False), rows)[2]) for b in range(2, 9)]
+    ratios = [errs[i] / errs[i + 1] for i in range(len(errs) - 1)]
+    assert all(1.7 < r < 2.3 for r in ratios[1:]), ratios  # 2 bits: only 4 levels, coarser still
+
+
+def test_rtn_stats_without_clip_change_nothing():
+    rows = normal_rows(16, 96, seed=12)
+    params = RtnParams(bits=3, group_size=32, symmetric=False)
+    state = RTN.fit(rows, params, np.random.default_rng(0), stats=_stats(96))
+    with_stats = RTN.encode(state, rows, stats=_stats(96))
+    without = RTN.encode(RTN.fit(rows, params, np.random.default_rng(0)), rows)
+    for k in without.arrays:
+        assert with_stats.arrays[k].tobytes() == without.arrays[k].tobytes()
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_rtn_clip_lowers_the_error_it_searches_for(symmetric):
+    rows = normal_rows(64, 128, seed=13)
+    rows[:, ::17] *= 4  # outliers: the full range wastes levels
+    stats = _stats(128)
+    plain = RtnParams(bits=3, group_size=32, symmetric=symmetric)
+    clipped = RtnParams(bits=3, group_size=32, symmetric=symmetric, clip=True)
+    e_plain = rel_l2(rows, round_trip(RTN, plain, rows)[2])
+    e_clip = rel_l2(rows, round_trip(RTN, clipped, rows)[2])
+    assert e_clip < 0.97 * e_plain
+    # with statistics the search minimises the Hessian-weighted error instead
+    state = RTN.fit(rows, clipped, np.random.default_rng(0), stats=stats)
+    y_w = RTN.decode(state, RTN.encode(state, rows, stats=stats))
+    y_u = round_trip(RTN, clipped, rows)[2]
+    def weighted(y):
+        return float(np.sum(stats.diag * np.square(rows - y, dtype=np.float64)))
+
+    assert weighted(y_w) < weighted(y_u)  # per group the weighted pick is optimal on the grid
+    # same format and bits as without clip
+    assert RTN.bits(state, 64, 128) == RTN.bits(RTN.fit(rows, plain, np.random.default_rng(0)), 64, 128)
+
+
+@pytest.mark.parametrize("clip", [False, True])
+def test_rtn_bound_scales_reproduce_quantized_columns(clip):
+    rows = normal_rows(12, 70, seed=14)
+    params = RtnParams(bits=4, group_size=32, symmetric=False, clip=clip)
+    state = RTN.fit(rows[:5], params, np.random.default_rng(0))  # fit on a few rows: rtn keeps no row data
+    bound = RTN.bind_rows(state, rows, stats=_stats(70))
+    assert RTN.column_atom(bound) == 1 and not state.arrays
+    moved = rows + np.random.default_rng(1).normal(0, 0.3, rows.shape).astype(np.float32)
+    cols = np.concatenate([RTN.quantize_columns(bound, moved[:, j : j + 1], j) for j in range(70)], axis=1)
+    codes = RTN.encode(bound, cols)
+    np.testing.assert_array_equal(RTN.decode(state, codes), cols)
+    np.testing.assert_array_equal(codes.arrays["scales"], bound.arrays["scales"])
+    # on the original rows the bound scales are the ones encode computes itself
+    direct = RTN.encode(state, rows, stats=_stats(70))
+    np.testing.assert_array_equal(RTN.encode(bound, rows).arrays["q"], direct.arrays["q"])
+    with pytest.raises(ValueError, match="bound to a matrix of 12 rows"):
+        RTN.encode(bound, rows[:3])
+    with pytest.raises(ValueError, match="bind_rows"):
+        RTN.quantize_columns(state, rows[:, :1], 0)

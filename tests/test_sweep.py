@@ -113,17 +113,17 @@ def test_unknown_axis_names_the_key(host, tmp_path):
 
 
 def test_invalid_points_are_reported_and_skipped_or_refused_with_strict(host, model, tmp_path):
-    spec = sweep_from_mapping(rtn_sweep(grid={"bits": [4, 5], "group_size": [32]}), host)
+    spec = sweep_from_mapping(rtn_sweep(grid={"bits": [4, 9], "group_size": [32]}), host)
     points = expand(spec, host)
     bad = [p for p in points if p.error]
-    assert len(bad) == 1 and bad[0].values == {"bits": 5, "group_size": 32}
+    assert len(bad) == 1 and bad[0].values == {"bits": 9, "group_size": 32}
     assert "$.params.bits" in bad[0].error and "must be one of" in bad[0].error
     with pytest.raises(SweepError, match="1 of 2 points are invalid"):
         run_sweep(spec, tmp_path / "db", model=model, strict=True, host=host)
     assert not (tmp_path / "db").exists()  # refused before anything ran
     summary = run_sweep(spec, tmp_path / "db", model=model, jobs=1, host=host)
     assert summary.points == 2 and summary.valid == 1 and summary.ok == 1
-    assert summary.invalid[0]["point"] == {"bits": 5, "group_size": 32}
+    assert summary.invalid[0]["point"] == {"bits": 9, "group_size": 32}
     db = ResultsDB(tmp_path / "db")
     (row,) = db.rows(CANDIDATES)
     assert row["status"] == "ok" and json.loads(row["params"])["bits"] == 4

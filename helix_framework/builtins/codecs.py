@@ -21,10 +21,10 @@ from helix_framework.codec import BitsAccount, Codec, CodecState, Codes
 from helix_framework.params import ParamError
 from helix_jit.lanes import LaneWidth
 
-__all__ = ["PassthroughCodec", "PassthroughParams", "RtnCodec", "RtnParams", "RTN_BITS"]
+__all__ = ["CLIP_SHRINK", "PassthroughCodec", "PassthroughParams", "RtnCodec", "RtnParams", "RTN_BITS"]
 
 #: Bit widths ``rtn`` accepts.
-RTN_BITS: tuple[int, ...] = (8, 4, 3, 2)
+RTN_BITS: tuple[int, ...] = (8, 7, 6, 5, 4, 3, 2)
 
 _F16_MAX = float(np.finfo(np.float16).max)
 
@@ -89,16 +89,16 @@ def _check_group_size(instance: Any, attribute: attrs.Attribute, value: Any) -> 
         raise ParamError("group_size", f"must be a positive integer or null (one group per row), got {value!r}")
 
 
-def _check_symmetric(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+def _check_flag(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
     if not isinstance(value, bool):
-        raise ParamError("symmetric", f"must be true or false, got {value!r}")
+        raise ParamError(attribute.name, f"must be true or false, got {value!r}")
 
 
 @attrs.frozen
 class RtnParams:
     """Params of ``rtn``.
 
-    - ``bits``: 8, 4, 3 or 2 bits per weight code.
+    - ``bits``: 2 to 8 bits per weight code (any integer in between).
     - ``group_size``: weights per scale; ``None`` = one group per row. A row
       whose width is not a multiple keeps every column: its last group is
       shorter.
@@ -106,16 +106,26 @@ class RtnParams:
       [-(2^(b-1) - 1), 2^(b-1) - 1] (int8 storage), 16 overhead bits per
       group. False: w ~ min + q * scale with scale = (max - min) / (2^b - 1),
       codes in [0, 2^b - 1] (uint8 storage), 32 overhead bits per group.
+    - ``clip``: search each group's range: shrink it by each of
+      `CLIP_SHRINK` (max|w| symmetric; the [min, max] interval about its
+      centre asymmetric) and keep the factor with the least squared error of
+      the group, weighted by the Hessian diagonal of its columns when layer
+      statistics are given. Same format and bits; only the scales change.
     - ``lane_width``: accepted for config uniformity.
 
-    Every field would change the machine code of an RTN kernel, so none is
-    marked ``codegen: False``.
+    ``bits``, ``group_size`` and ``symmetric`` would change the machine code
+    of an RTN kernel; ``clip`` only changes which scales are stored.
     """
 
     bits: int = attrs.field(default=8, validator=_check_bits)
     group_size: int | None = attrs.field(default=None, validator=_check_group_size)
-    symmetric: bool = attrs.field(default=True, validator=_check_symmetric)
+    symmetric: bool = attrs.field(default=True, validator=_check_flag)
     lane_width: LaneWidth = _lane_width_field(codegen=True)
+    clip: bool = attrs.field(default=False, validator=_check_flag, metadata={"codegen": False})
+
+
+#: Range shrink factors ``clip`` tries, largest first (ties keep the larger).
+CLIP_SHRINK: tuple[float, ...] = tuple(float(v) for v in np.linspace(1.0, 0.5, 21))
 
 
 class RtnCodec(Codec):
@@ -123,11 +133,23 @@ class RtnCodec(Codec):
 
     Data-free: ``fit`` only records the params and the row width; scales
     (and, asymmetric, the float16 group minimum) are computed per encoded
-    row group and stored with the codes. Quantization divides by the
-    float16-rounded scale and decode multiplies by it, so the stored
-    artifact (codes + float16 scales) reproduces ``decode`` exactly.
-    Codes are stored one per byte (int8 symmetric, uint8 asymmetric); the
-    bits account counts the real bit width, not the byte.
+    row group and stored with the codes, so ``fit`` may see any rows.
+    Quantization divides by the float16-rounded scale and decode multiplies
+    by it, so the stored artifact (codes + float16 scales) reproduces
+    ``decode`` exactly. Codes are stored one per byte (int8 symmetric, uint8
+    asymmetric); the bits account counts the real bit width, not the byte.
+
+    With layer statistics (``stats=``, a data-aware candidate) only the
+    ``clip`` search changes: its group error is weighted by the Hessian
+    diagonal. Without ``clip`` the statistics change nothing.
+
+    Error feedback (``quantizes_columns``, one column at a time):
+    ``bind_rows`` computes every group's scale (and zero) from the original
+    matrix and puts them in the returned state; ``quantize_columns`` rounds a
+    column on its group's bound grid, and ``encode`` with the bound state
+    uses (and stores in the codes) those same scales, so it reproduces the
+    quantized matrix exactly. The saved state is the one ``fit`` returned;
+    the codes carry the scales as always.
 
     Codes: ``q`` [n_rows, row_dim], ``scales`` [n_rows, n_groups] float16,
     and ``zeros`` [n_rows, n_groups] float16 (the group minimum) when
@@ -138,19 +160,22 @@ class RtnCodec(Codec):
     """
 
     name: ClassVar[str] = "rtn"
-    version: ClassVar[str] = "1.0.0"
+    version: ClassVar[str] = "1.1.0"
     Params: ClassVar[type] = RtnParams
+    takes_stats: ClassVar[bool] = True
+    quantizes_columns: ClassVar[bool] = True
 
-    def fit(self, rows: np.ndarray, params: Any, rng: np.random.Generator) -> CodecState:
+    def fit(self, rows: np.ndarray, params: Any, rng: np.random.Generator, stats: Any = None) -> CodecState:
         row_dim = int(_rows_f32(rows).shape[1])
-        return CodecState(
-            meta={
-                "bits": int(params.bits),
-                "group_size": None if params.group_size is None else int(params.group_size),
-                "symmetric": bool(params.symmetric),
-                "row_dim": row_dim,
-            }
-        )
+        meta = {
+            "bits": int(params.bits),
+            "group_size": None if params.group_size is None else int(params.group_size),
+            "symmetric": bool(params.symmetric),
+            "row_dim": row_dim,
+        }
+        if params.clip:
+            meta["clip"] = True
+        return CodecState(meta=meta)
 
     @staticmethod
     def _group(meta: dict[str, Any], row_dim: int) -> tuple[int, int]:
@@ -158,43 +183,65 @@ class RtnCodec(Codec):
         g = meta["group_size"] or row_dim
         return g, max(1, math.ceil(row_dim / g)) if row_dim else 0
 
-    def encode(self, state: CodecState, rows: np.ndarray) -> Codes:
+    def _checked(self, state: CodecState, rows: np.ndarray) -> np.ndarray:
         x = _rows_f32(rows)
-        meta = dict(state.meta)
-        n, d = x.shape
-        if d != meta["row_dim"]:
-            raise ValueError(f"rtn state was fitted on rows of width {meta['row_dim']}; got width {d}")
+        if x.shape[1] != state.meta["row_dim"]:
+            raise ValueError(f"rtn state was fitted on rows of width {state.meta['row_dim']}; got width {x.shape[1]}")
         if not np.all(np.isfinite(x)):
             raise ValueError("rtn cannot quantize non-finite weights (NaN or inf)")
+        return x
+
+    def _grouped(self, meta: dict[str, Any], x: np.ndarray) -> np.ndarray:
+        """Rows as [n, n_groups, g]. The last group is padded by repeating the
+        row's last column: that leaves its max|w|, min and max unchanged, and
+        the padding is cut off after quantizing."""
+        n, d = x.shape
         g, n_groups = self._group(meta, d)
-        # Pad the last group by repeating the row's last column: that leaves
-        # its max|w|, min and max unchanged, and the padding is cut off below.
         pad = n_groups * g - d
         xp = np.pad(x, ((0, 0), (0, pad)), mode="edge") if pad else x
-        groups = xp.reshape(n, n_groups, g)
-        bits = meta["bits"]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            if meta["symmetric"]:
-                qmax = 2 ** (bits - 1) - 1
-                scale = np.abs(groups).max(axis=2) / np.float32(qmax)
-                s16 = np.minimum(scale, _F16_MAX).astype(np.float16)
-                s = s16.astype(np.float32)[:, :, None]
-                q = np.where(s > 0, np.rint(groups / s), 0.0)
-                q = np.clip(q, -qmax, qmax).astype(np.int8)
-                arrays = {"scales": s16}
-            else:
-                qmax = 2**bits - 1
-                lo16 = np.clip(groups.min(axis=2), -_F16_MAX, _F16_MAX).astype(np.float16)
-                lo = lo16.astype(np.float32)
-                # Scale from the float16 minimum actually stored, so the top
-                # code still reaches the group's maximum.
-                scale = (groups.max(axis=2) - lo) / np.float32(qmax)
-                s16 = np.clip(scale, 0.0, _F16_MAX).astype(np.float16)
-                s = s16.astype(np.float32)[:, :, None]
-                q = np.where(s > 0, np.rint((groups - lo[:, :, None]) / s), 0.0)
-                q = np.clip(q, 0, qmax).astype(np.uint8)
-                arrays = {"scales": s16, "zeros": lo16}
-        arrays["q"] = np.ascontiguousarray(q.reshape(n, n_groups * g)[:, :d])
+        return xp.reshape(n, n_groups, g)
+
+    def _scales(
+        self, meta: dict[str, Any], groups: np.ndarray, stats: Any
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """float16 (scales, zeros or None) of every group, clip-searched when asked."""
+        if not meta.get("clip"):
+            return _group_scales(groups, meta["bits"], meta["symmetric"], 1.0)
+        weights = None
+        if stats is not None:
+            diag = np.asarray(stats.diag, dtype=np.float64)
+            weights = self._grouped(meta, diag[None, :])[0]
+            weights = np.where(weights.sum(axis=1, keepdims=True) > 0, weights, 1.0)  # dead group: plain error
+        best = None
+        for shrink in CLIP_SHRINK:
+            s16, lo16 = _group_scales(groups, meta["bits"], meta["symmetric"], shrink)
+            q = _quantize(groups, s16, lo16, meta["bits"])
+            err = np.square(_dequantize(q, s16, lo16) - groups, dtype=np.float64)
+            err = (err * weights).sum(axis=2) if weights is not None else err.sum(axis=2)
+            if best is None:
+                best, s_best, lo_best = err, s16, lo16
+                continue
+            better = err < best
+            best = np.where(better, err, best)
+            s_best = np.where(better, s16, s_best)
+            lo_best = None if lo16 is None else np.where(better, lo16, lo_best)
+        return s_best, lo_best
+
+    def encode(self, state: CodecState, rows: np.ndarray, stats: Any = None) -> Codes:
+        x = self._checked(state, rows)
+        meta = dict(state.meta)
+        n, d = x.shape
+        groups = self._grouped(meta, x)
+        if "scales" in state.arrays:  # bound by bind_rows: the matrix's static scales
+            s16 = np.asarray(state.arrays["scales"])
+            lo16 = None if meta["symmetric"] else np.asarray(state.arrays["zeros"])
+            if s16.shape[0] != n:
+                raise ValueError(f"rtn state is bound to a matrix of {s16.shape[0]} rows; got {n} rows")
+        else:
+            s16, lo16 = self._scales(meta, groups, stats)
+        q = _quantize(groups, s16, lo16, meta["bits"])
+        arrays = {"scales": s16} if lo16 is None else {"scales": s16, "zeros": lo16}
+        arrays["q"] = np.ascontiguousarray(q.reshape(n, -1)[:, :d])
         return Codes(arrays=arrays)
 
     def decode(self, state: CodecState, codes: Codes) -> np.ndarray:
@@ -217,3 +264,63 @@ class RtnCodec(Codec):
             code_bits=meta["bits"] * n_rows * row_dim,
             overhead_bits=per_group * n_groups * n_rows,
         )
+
+    # -- error feedback -----------------------------------------------------------
+
+    def bind_rows(self, state: CodecState, rows: np.ndarray, stats: Any = None) -> CodecState:
+        """``state`` plus every group's float16 scale (and zero) of ``rows``."""
+        x = self._checked(state, rows)
+        s16, lo16 = self._scales(dict(state.meta), self._grouped(dict(state.meta), x), stats)
+        arrays = {"scales": s16} if lo16 is None else {"scales": s16, "zeros": lo16}
+        return CodecState(arrays=arrays, meta=dict(state.meta))
+
+    def quantize_columns(self, state: CodecState, values: np.ndarray, start: int) -> np.ndarray:
+        if "scales" not in state.arrays:
+            raise ValueError("rtn quantize_columns needs the state bind_rows returned (the matrix's scales)")
+        meta = state.meta
+        g, _ = self._group(dict(meta), int(meta["row_dim"]))
+        grp = int(start) // g
+        v = np.asarray(values, dtype=np.float32)[:, :, None]  # [n, 1 column, 1] like [n, groups, g]
+        s16 = np.asarray(state.arrays["scales"])[:, grp : grp + 1]
+        lo16 = None if meta["symmetric"] else np.asarray(state.arrays["zeros"])[:, grp : grp + 1]
+        return _dequantize(_quantize(v, s16, lo16, meta["bits"]), s16, lo16)[:, :, 0]
+
+
+def _group_scales(groups: np.ndarray, bits: int, symmetric: bool, shrink: float) -> tuple[np.ndarray, np.ndarray | None]:
+    """float16 scales (and zeros, asymmetric) of groups [n, G, g], range shrunk by ``shrink``."""
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        if symmetric:
+            amax = np.abs(groups).max(axis=2)
+            if shrink != 1.0:
+                amax = amax * np.float32(shrink)
+            scale = amax / np.float32(2 ** (bits - 1) - 1)
+            return np.minimum(scale, _F16_MAX).astype(np.float16), None
+        lo, hi = groups.min(axis=2), groups.max(axis=2)
+        if shrink != 1.0:
+            cut = (hi - lo) * np.float32((1.0 - shrink) / 2.0)
+            lo, hi = lo + cut, hi - cut
+        lo16 = np.clip(lo, -_F16_MAX, _F16_MAX).astype(np.float16)
+        # Scale from the float16 minimum actually stored, so the top code
+        # still reaches the (shrunk) maximum.
+        scale = (hi - lo16.astype(np.float32)) / np.float32(2**bits - 1)
+        return np.clip(scale, 0.0, _F16_MAX).astype(np.float16), lo16
+
+
+def _quantize(groups: np.ndarray, s16: np.ndarray, lo16: np.ndarray | None, bits: int) -> np.ndarray:
+    """Integer codes of groups [n, G, g] on the grid (s16, lo16) [n, G]."""
+    s = s16.astype(np.float32)[:, :, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if lo16 is None:
+            qmax = 2 ** (bits - 1) - 1
+            q = np.where(s > 0, np.rint(groups / s), 0.0)
+            return np.clip(q, -qmax, qmax).astype(np.int8)
+        q = np.where(s > 0, np.rint((groups - lo16.astype(np.float32)[:, :, None]) / s), 0.0)
+        return np.clip(q, 0, 2**bits - 1).astype(np.uint8)
+
+
+def _dequantize(q: np.ndarray, s16: np.ndarray, lo16: np.ndarray | None) -> np.ndarray:
+    """The float32 values of codes [n, G, g]: the same operations as ``decode``."""
+    out = q.astype(np.float32) * s16.astype(np.float32)[:, :, None]
+    if lo16 is not None:
+        out += lo16.astype(np.float32)[:, :, None]
+    return out

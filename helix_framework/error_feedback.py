@@ -1,0 +1,208 @@
+"""Error feedback: GPTQ's column-by-column quantization for any codec that can.
+
+GPTQ (Frantar, Ashkboos, Hoefler, Alistarh, 2022) quantizes a weight matrix
+``W`` [out, in] one input column at a time and spreads each column's
+rounding error over the columns not yet quantized, so that the layer output
+``X W^T`` moves as little as possible. With ``H = sum_t x_t^T x_t`` (a
+`LayerStats`) and the upper Cholesky factor ``U`` of ``H^-1``
+(``H^-1 = U^T U``), quantizing column ``j`` to ``q_j`` updates the rest by
+``W[:, j+1:] -= (w_j - q_j) / U[j, j] * U[j, j+1:]``.
+
+Here the unit is the codec's *atom* (``column_atom``: 1 column for a scalar
+codec, a subspace of columns for a vector codec, as in GPTVQ): the atom is
+quantized jointly by ``codec.quantize_columns``, and the exact update for
+the whole atom ``S`` is ``E = (W_S - Q_S) U_SS^-1``,
+``W[:, rest] -= E U[S, rest]`` (for one column it is GPTQ's). As in GPTQ:
+
+- **dead inputs** (zero Hessian diagonal: the column never sees a non-zero
+  input) get ``H[j, j] = 1``, so they are quantized plainly and pass no
+  error on; their weights are kept (GPTQ zeroes them), so row-level
+  figures stay meaningful;
+- **damping**: ``damp`` times the mean diagonal is added to the diagonal;
+  when the Cholesky factorisation still fails (a numerically singular
+  Hessian), the damping is multiplied by 10 and retried, never a crash;
+- **lazy batch updates**: the updates inside a block of ``block`` columns
+  are applied at once to the columns after it (same result, far fewer
+  passes over ``W``);
+- **act order**: atoms in order of decreasing Hessian diagonal (summed over
+  the atom), so the most important inputs are quantized first while the
+  most columns remain to absorb their error. Group scales stay static (the
+  codec's ``bind_rows`` fixes them from the original weights before any
+  update), so the codes need no column permutation index.
+
+The codec contract is in `helix_framework.codec`: ``bind_rows``,
+``column_atom``, ``quantize_columns`` and an ``encode`` that reproduces the
+quantized matrix exactly (checked here; a codec that breaks it raises
+`ErrorFeedbackError` naming the codec).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import numpy as np
+
+from helix_framework.codec import Codec, CodecState, Codes
+from helix_framework.errors import ErrorFeedbackError
+from helix_framework.layer_stats import LayerStats
+from helix_framework.params import ParamError
+
+__all__ = ["ErrorFeedbackParams", "inverse_cholesky", "quantize_with_feedback"]
+
+#: Damping retries (each multiplies it by 10) before giving up on the Hessian.
+MAX_DAMP_RETRIES = 12
+
+
+def _check_damp(_inst: Any, _attr: Any, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or value < 0:
+        raise ParamError("damp", f"must be a finite number >= 0 (a fraction of the mean Hessian diagonal), got {value!r}")
+
+
+def _check_block(_inst: Any, _attr: Any, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ParamError("block", f"must be a positive integer (columns per lazy update), got {value!r}")
+
+
+def _check_act_order(_inst: Any, _attr: Any, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ParamError("act_order", f"must be true or false, got {value!r}")
+
+
+@attrs.frozen
+class ErrorFeedbackParams:
+    """The config's ``error_feedback`` mapping.
+
+    - ``damp``: fraction of the mean Hessian diagonal added to the diagonal.
+    - ``block``: columns per lazy batch update (rounded down to a multiple of
+      the codec's atom, at least one atom).
+    - ``act_order``: quantize atoms in order of decreasing Hessian diagonal.
+    """
+
+    damp: float = attrs.field(default=0.01, validator=_check_damp)
+    block: int = attrs.field(default=128, validator=_check_block)
+    act_order: bool = attrs.field(default=True, validator=_check_act_order)
+
+
+def inverse_cholesky(hessian: np.ndarray, damp: float) -> tuple[np.ndarray, float]:
+    """(U, damp used): upper triangular ``U`` with ``U^T U = (H + damp mean(diag) I)^-1``.
+
+    Dead inputs (zero diagonal) get a unit diagonal first. The damping is
+    multiplied by 10 until the factorisations succeed; raises ValueError if
+    the Hessian has non-finite entries or no damping helps.
+    """
+    h = np.array(hessian, dtype=np.float64, copy=True)
+    if h.ndim != 2 or h.shape[0] != h.shape[1]:
+        raise ValueError(f"the Hessian must be square; got shape {h.shape}")
+    if not np.all(np.isfinite(h)):
+        raise ValueError("the Hessian has NaN or infinite entries (the layer's inputs are not finite)")
+    h = (h + h.T) * 0.5
+    diag = np.diagonal(h).copy()
+    dead = diag <= 0
+    h[dead, :] = 0.0
+    h[:, dead] = 0.0
+    h[dead, dead] = 1.0
+    mean = float(np.mean(np.diagonal(h))) if h.size else 1.0
+    eye = np.eye(h.shape[0])
+    d = float(damp)
+    for _ in range(MAX_DAMP_RETRIES + 1):
+        try:
+            lower = np.linalg.cholesky(h + (d * mean) * eye)
+            inv_lower = np.linalg.inv(lower)
+            hinv = inv_lower.T @ inv_lower
+            upper = np.linalg.cholesky((hinv + hinv.T) * 0.5).T
+            if np.all(np.isfinite(upper)):
+                return upper, d
+        except np.linalg.LinAlgError:
+            pass
+        d = max(d, 1e-6) * 10.0
+    raise ValueError(f"the Hessian stays singular even damped by {d / 10:g} of its mean diagonal")
+
+
+def _codec_name(codec: Codec) -> str:
+    return str(getattr(codec, "name", type(codec).__name__))
+
+
+def quantize_with_feedback(
+    codec: Codec, state: CodecState, rows: np.ndarray, stats: LayerStats, params: ErrorFeedbackParams
+) -> Codes:
+    """Encode the whole matrix ``rows`` [out, in] with GPTQ error feedback.
+
+    ``state`` is what ``codec.fit`` returned (on any rows of this matrix);
+    ``stats`` are the statistics of the codec's inputs (after the rotation).
+    Returns the codes, which decode with ``state`` to the error-corrected
+    quantized matrix; ``codes.meta["error_feedback"]`` records the damping
+    used and the order.
+    """
+    name = _codec_name(codec)
+    if not getattr(codec, "quantizes_columns", False):
+        raise ErrorFeedbackError(f"codec {name!r} cannot quantize a block of columns (error_feedback)", codec=name)
+    w = np.ascontiguousarray(rows, dtype=np.float32)
+    if w.ndim != 2:
+        raise ValueError(f"error feedback expects 2-D rows [n_rows, row_dim]; got shape {w.shape}")
+    n, d = w.shape
+    h = np.asarray(stats.hessian)
+    if h.shape != (d, d):
+        raise ErrorFeedbackError(f"layer statistics are {h.shape[0]}-wide but the rows are {d}-wide", codec=name)
+    bound = codec.bind_rows(state, w, stats=stats)
+    atom = int(codec.column_atom(bound))
+    if atom < 1 or d % atom:
+        raise ErrorFeedbackError(f"codec {name!r}: column atom {atom} does not divide the row width {d}", codec=name)
+    n_atoms = d // atom
+    diag = np.diagonal(h).astype(np.float64)
+    if params.act_order:
+        # stable: equal importance keeps column order, so the run is deterministic
+        order = np.argsort(-diag.reshape(n_atoms, atom).sum(axis=1), kind="stable")
+    else:
+        order = np.arange(n_atoms)
+    perm = (order[:, None] * atom + np.arange(atom)[None, :]).reshape(-1)
+    try:
+        upper, damp_used = inverse_cholesky(h[np.ix_(perm, perm)], params.damp)
+    except ValueError as exc:
+        raise ErrorFeedbackError(str(exc), codec=name) from exc
+
+    work = w[:, perm].astype(np.float64)
+    quant = np.empty((n, d), dtype=np.float32)
+    width = max(atom, (int(params.block) // atom) * atom)
+    for b0 in range(0, d, width):
+        b1 = min(b0 + width, d)
+        block = work[:, b0:b1]  # a view: updates inside the block land in work
+        errors = np.empty((n, b1 - b0))
+        for j in range(0, b1 - b0, atom):
+            c0, c1 = b0 + j, b0 + j + atom
+            values = block[:, j : j + atom].astype(np.float32)
+            q = np.asarray(codec.quantize_columns(bound, values, int(order[c0 // atom]) * atom))
+            if q.shape != values.shape or q.dtype != np.float32:
+                raise ErrorFeedbackError(
+                    f"codec {name!r}: quantize_columns returned {q.dtype}{q.shape}, expected float32{values.shape}",
+                    codec=name,
+                )
+            quant[:, c0:c1] = q
+            diff = block[:, j : j + atom] - q
+            if atom == 1:
+                err = diff / upper[c0, c0]
+            else:  # E U_SS = diff, U_SS upper triangular
+                err = np.linalg.solve(upper[c0:c1, c0:c1].T, diff.T).T
+            errors[:, j : j + atom] = err
+            block[:, j + atom :] -= err @ upper[c0:c1, c1:b1]
+        work[:, b1:] -= errors @ upper[b0:b1, b1:]
+
+    w_hat = np.empty_like(quant)
+    w_hat[:, perm] = quant
+    codes = codec.encode(bound, w_hat, stats=stats) if getattr(codec, "takes_stats", False) else codec.encode(bound, w_hat)
+    back = codec.decode(state, codes)
+    if back.shape != w_hat.shape or not np.array_equal(back, w_hat):
+        bad = int(np.sum(back != w_hat)) if back.shape == w_hat.shape else w_hat.size
+        raise ErrorFeedbackError(
+            f"codec {name!r}: encode of the error-corrected columns does not reproduce them "
+            f"({bad} of {w_hat.size} weights differ): its quantize_columns and encode disagree",
+            codec=name,
+        )
+    meta = {
+        "damp": damp_used,
+        "block": width,
+        "act_order": bool(params.act_order),
+        "column_atom": atom,
+        "dead_inputs": int(np.sum(diag <= 0)),
+    }
+    return attrs.evolve(codes, meta={**codes.meta, "error_feedback": meta})
