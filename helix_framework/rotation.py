@@ -22,7 +22,8 @@ Methods:
 - ``transform_stats(state, stats) -> LayerStats``: the layer statistics of
   the rotated inputs. With ``apply(rows) = rows @ A`` the layer computes
   ``(X A^-T)(W A)^T``, so the Hessian becomes ``A^-1 H A^-T``. Rotations that
-  set ``orthogonal = True`` get ``A^T H A`` from ``apply`` by default; others
+  set ``orthogonal = True`` get ``A^T H A`` by default, in float64 with
+  ``A = apply(I)`` (one d x d apply and two d^3 products); others
   must override it to be used in a data-aware candidate.
 - ``takes_stats = True``: ``fit`` also receives ``stats=`` (the layer
   statistics in the original basis, or None when the candidate is data-free).
@@ -81,6 +82,10 @@ class Rotation:
         if not self.orthogonal:
             raise NotImplementedError(f"rotation {self.name!r} does not say how layer statistics transform under it")
         h = np.asarray(stats.hessian, dtype=np.float64)
-        # apply(H) = H A; apply((H A)^T) = A^T H A (H is symmetric).
-        rotated = self.apply(state, self.apply(state, h).T)
+        # A = apply(I), the float32 matrix the rows really meet; the product
+        # is then formed in float64 (apply on H itself would round H to
+        # float32, and a Hessian with one massive input channel has a
+        # condition number float32 cannot carry).
+        a = np.asarray(self.apply(state, np.eye(h.shape[0], dtype=np.float32)), dtype=np.float64)
+        rotated = a.T @ h @ a
         return LayerStats(hessian=(rotated + rotated.T) * 0.5, n_tokens=stats.n_tokens)

@@ -53,6 +53,7 @@ __all__ = [
     "check_measurement",
     "check_params_round_trip",
     "check_rotation_invertible",
+    "check_rotation_stats",
     "write_codec_fixture",
 ]
 
@@ -187,6 +188,39 @@ def check_rotation_invertible(
     assert worst <= tol, f"{label}: invert(apply(x)) is off by up to {worst:.3g} (tolerance {tol:.3g})"
     bits = rotation.overhead_bits(state)
     assert isinstance(bits, (int, np.integer)) and bits >= 0, f"{label}.overhead_bits gave {bits!r}"
+
+
+def check_rotation_stats(
+    rotation: Rotation, params: Any, rows: np.ndarray, inputs: np.ndarray, *, codec_params: Any = None,
+    rtol: float = 1e-4, seed: int = 0,
+) -> float:
+    """The layer-output error computed through ``transform_stats`` equals the
+    error computed on the activations themselves.
+
+    ``inputs`` [tokens, row_dim] are the layer's inputs X. The rotated rows
+    ``W A`` are rounded to a coarse grid (any reconstruction will do); the
+    error ``trace(dR H' dR^T)`` with the transformed statistics H' must equal
+    ``||X (W - invert(W_hat_rot))^T||^2`` within ``rtol``. Returns that error.
+    """
+    from helix_framework.layer_stats import LayerStats
+
+    w, x = _rows(rows), np.asarray(inputs, dtype=np.float64)
+    label = _label(rotation)
+    stats = LayerStats(hessian=x.T @ x, n_tokens=x.shape[0])
+    kwargs = {"stats": stats} if rotation.takes_stats else {}
+    state = rotation.fit(w.copy(), params, np.random.default_rng(seed), codec_params=codec_params, **kwargs)
+    wr = rotation.apply(state, w)
+    step = float(np.std(wr)) / 2 or 1.0
+    w_hat_rot = (np.round(wr / step) * step).astype(np.float32)
+    rotated = rotation.transform_stats(state, stats)
+    assert isinstance(rotated, LayerStats), f"{label}.transform_stats returned {type(rotated).__name__}"
+    through = rotated.output_error(wr - w_hat_rot)
+    delta = w.astype(np.float64) - rotation.invert(state, w_hat_rot)
+    direct = float(np.sum((x @ delta.T) ** 2))
+    assert abs(through - direct) <= rtol * direct, (
+        f"{label}: output error through transform_stats {through:.6g} != on the activations {direct:.6g}"
+    )
+    return direct
 
 
 def check_params_round_trip(params: Any, converter: cattrs.Converter | None = None) -> Any:

@@ -431,3 +431,9 @@ def test_rtn_bound_scales_reproduce_quantized_columns(clip):
         RTN.encode(bound, rows[:3])
     with pytest.raises(ValueError, match="bind_rows"):
         RTN.quantize_columns(state, rows[:, :1], 0)
+
+
+def test_identity_rotation_keeps_the_statistics():
+    rows, x = normal_rows(8, 24, seed=15), np.random.default_rng(3).standard_normal((100, 24))
+    assert IdentityRotation.orthogonal
+    assert testing.check_rotation_stats(IdentityRotation(), NoParams(), rows, x, rtol=1e-9) > 0

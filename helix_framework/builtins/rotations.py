@@ -6,6 +6,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from helix_framework.layer_stats import LayerStats
 from helix_framework.rotation import Rotation, RotationState
 
 __all__ = ["IdentityRotation"]
@@ -20,6 +21,7 @@ class IdentityRotation(Rotation):
 
     name: ClassVar[str] = "identity"
     version: ClassVar[str] = "1.0.0"
+    orthogonal: ClassVar[bool] = True
 
     def fit(
         self, rows: np.ndarray, params: Any, rng: np.random.Generator, codec_params: Any = None
@@ -31,3 +33,7 @@ class IdentityRotation(Rotation):
 
     def invert(self, state: RotationState, rows: np.ndarray) -> np.ndarray:
         return np.asarray(rows, dtype=np.float32)
+
+    def transform_stats(self, state: RotationState, stats: LayerStats) -> LayerStats:
+        """The statistics unchanged (the inputs are not rotated)."""
+        return stats

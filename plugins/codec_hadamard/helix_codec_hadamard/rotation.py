@@ -210,6 +210,7 @@ class HadamardRotation(Rotation):
     name: ClassVar[str] = "hadamard"
     version: ClassVar[str] = __version__
     Params: ClassVar[type] = HadamardParams
+    orthogonal: ClassVar[bool] = True  # layer statistics transform as A^T H A
 
     def fit(
         self, rows: np.ndarray, params: HadamardParams, rng: np.random.Generator, codec_params: Any = None

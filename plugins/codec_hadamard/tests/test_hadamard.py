@@ -8,7 +8,7 @@ from helix_codec_hadamard.rotation import (
     hadamard_matrix,
     is_hadamard_order,
 )
-from helix_framework.testing import check_rotation_invertible
+from helix_framework.testing import check_rotation_invertible, check_rotation_stats
 
 ROT = HadamardRotation()
 
@@ -76,3 +76,20 @@ def test_jit_and_reference_agree(monkeypatch):
     monkeypatch.setenv("HELIX_JIT_DISABLE", "1")
     y_ref = ROT.apply(state, x)
     np.testing.assert_array_equal(y_jit, y_ref)
+
+
+def correlated_inputs(tokens, d, seed=1):
+    """Inputs with one massive channel and correlated others, like a real layer's."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((tokens, d)) @ (np.eye(d) + 0.5 * rng.standard_normal((d, d)) / np.sqrt(d))
+    x[:, 3] *= 300.0
+    return x
+
+
+@pytest.mark.parametrize("d", [576, 1024, 100, 20])
+def test_orthonormal_and_statistics_transform_as_on_the_activations(d):
+    state = ROT.fit(rows(2, d), HadamardParams(seed=3), np.random.default_rng(0))
+    a = ROT.apply(state, np.eye(d, dtype=np.float32)).astype(np.float64)
+    np.testing.assert_allclose(a.T @ a, np.eye(d), atol=2e-6)
+    assert ROT.orthogonal
+    check_rotation_stats(ROT, HadamardParams(seed=3), rows(24, d, seed=2), correlated_inputs(300, d), rtol=1e-5)

@@ -116,6 +116,7 @@ class OpqRotation(Rotation):
     name: ClassVar[str] = "opq"
     version: ClassVar[str] = __version__
     Params: ClassVar[type] = OpqParams
+    orthogonal: ClassVar[bool] = True  # layer statistics transform as A^T H A
 
     def fit(
         self, rows: np.ndarray, params: OpqParams, rng: np.random.Generator, codec_params: Any = None

@@ -5,7 +5,7 @@ import numpy as np
 import helix_jit
 from helix_codec_opq.rotation import OpqParams, OpqRotation, opq_subspaces
 from helix_framework.kmeans import kmeans_subspaces
-from helix_framework.testing import check_rotation_invertible
+from helix_framework.testing import check_rotation_invertible, check_rotation_stats
 
 
 def CampqParams(subspaces=None, subspace_dim=None, centroids=256, allow_starved=False, lane_width="F32x16"):
@@ -80,3 +80,11 @@ def test_any_lane_width():
         state = OpqRotation().fit(x, OpqParams(iterations=2), np.random.default_rng(0), codec_params=p)
         back = OpqRotation().invert(state, OpqRotation().apply(state, x))
         np.testing.assert_allclose(back, x, atol=1e-5 * np.abs(x).max())
+
+
+def test_statistics_transform_as_on_the_activations():
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((400, 16)) * np.linspace(0.1, 20.0, 16)
+    assert OpqRotation.orthogonal
+    check_rotation_stats(OpqRotation(), OpqParams(iterations=3), correlated(400, 16), x,
+                         codec_params=CampqParams(subspaces=4, centroids=8), rtol=1e-5)
