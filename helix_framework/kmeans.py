@@ -47,7 +47,15 @@ import scipy.sparse as sp
 import helix_jit
 from helix_jit.lanes import LaneWidth
 
-__all__ = ["KMeansResult", "distinct_count", "kmeans", "kmeans_subspaces", "FAISS_MIN_POINTS_PER_CENTROID"]
+__all__ = [
+    "KMeansResult",
+    "distinct_count",
+    "kmeans",
+    "kmeans_subspaces",
+    "weighted_assign",
+    "weighted_lloyd",
+    "FAISS_MIN_POINTS_PER_CENTROID",
+]
 
 #: FAISS warns below this many training points per centroid.
 FAISS_MIN_POINTS_PER_CENTROID = 39
@@ -378,3 +386,56 @@ def _update(
                 new[big] = sums[big] / counts[big]
                 break
     return new.astype(np.float32), int(empty.size)
+
+
+# -- per-coordinate weights --------------------------------------------------------
+
+#: Vectors per chunk of the weighted distance tables (bounds memory at K=65536).
+_CHUNK = 4096
+
+
+def weighted_assign(x: np.ndarray, weights: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, distances): nearest centroid of each row of ``x`` [n, w] under
+    ``sum_j weights[i, j] (x[i, j] - c[j])^2`` (float64; ties to the lowest index).
+    ``weights`` is [n, w] or [w]."""
+    x = np.asarray(x, dtype=np.float64)
+    a = np.broadcast_to(np.asarray(weights, dtype=np.float64), x.shape)
+    c = np.asarray(centroids, dtype=np.float64)
+    labels = np.empty(x.shape[0], dtype=np.int64)
+    dist = np.empty(x.shape[0])
+    for i in range(0, x.shape[0], _CHUNK):
+        xa, aa = x[i : i + _CHUNK], a[i : i + _CHUNK]
+        d = (aa * xa * xa).sum(axis=1)[:, None] - 2.0 * (aa * xa) @ c.T + aa @ (c * c).T
+        labels[i : i + _CHUNK] = np.argmin(d, axis=1)
+        dist[i : i + _CHUNK] = np.maximum(d[np.arange(d.shape[0]), labels[i : i + _CHUNK]], 0.0)
+    return labels, dist
+
+
+def weighted_lloyd(
+    x: np.ndarray, weights: np.ndarray, centroids: np.ndarray, *, max_iter: int = 25, tol: float = 1e-4
+) -> np.ndarray:
+    """Refine ``centroids`` [k, w] by Lloyd steps under per-coordinate weights.
+
+    Each row ``x[i]`` [n, w] has its own weights ``weights[i]`` (for a
+    codebook shared by subspaces whose inputs differ in importance): the
+    assignment minimises the weighted distance (`weighted_assign`) and each
+    centroid coordinate becomes the weighted mean of its members,
+    ``sum_i a_ij x_ij / sum_i a_ij``. A coordinate none of whose members has
+    weight (or an empty cluster) keeps its value. Stops when the weighted
+    inertia changes by at most ``tol`` relatively. Returns float32 centroids.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    a = np.broadcast_to(np.asarray(weights, dtype=np.float64), x.shape)
+    c = np.array(centroids, dtype=np.float64, copy=True)
+    k = c.shape[0]
+    prev = None
+    for _ in range(int(max_iter)):
+        labels, dist = weighted_assign(x, a, c)
+        cur = float(dist.sum())
+        if prev is not None and abs(prev - cur) <= tol * prev:
+            break
+        prev = cur
+        onehot = sp.csr_matrix((np.ones(x.shape[0]), (labels, np.arange(x.shape[0]))), shape=(k, x.shape[0]))
+        num, den = np.asarray(onehot @ (a * x)), np.asarray(onehot @ a)
+        c = np.where(den > 0, num / np.where(den > 0, den, 1.0), c)
+    return c.astype(np.float32)

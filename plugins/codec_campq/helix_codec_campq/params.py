@@ -17,10 +17,17 @@ class Residual:
 
     ``depth`` stages after the base one, each with ``centroids`` centroids,
     trained on the residual of the calibration rows only.
+
+    ``beam``: partial encodings kept per sub-vector after every stage (beam
+    search, as FAISS's ResidualQuantizer; 1 = greedy, each stage takes the
+    nearest centroid). With a beam above 1 the stages also train on the
+    residuals of every kept encoding, as FAISS does. Changes which codes are
+    chosen, never the format.
     """
 
     depth: int = attrs.field(default=0, validator=in_range(0, 8))
     centroids: int = attrs.field(default=256, validator=in_range(2, 65536))
+    beam: int = attrs.field(default=1, validator=in_range(1, 64), metadata=codegen_false())
 
 
 @attrs.frozen
