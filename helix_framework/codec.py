@@ -36,13 +36,6 @@ with getattr):
   time, in an order the host chooses, and finally ``encode`` on the
   quantized matrix. ``encode`` of rows that ``quantize_columns`` produced must
   decode to those rows exactly.
-- ``compressed_matmul = True``: the codec multiplies by its encoded matrix
-  without decoding it (``helix agree --engine adc``):
-  ``matmul(state, codes, x, params) -> y`` with ``x`` float32
-  [row_dim, T] (the layer's inputs, already in the rotated basis, one column
-  per token) and ``y`` float32 [n_rows, T] ~ ``decode(state, codes) @ x``.
-  ``params`` are the candidate's params, so the codec reads its own keys
-  (campq: ``distance`` and ``lane_width``).
 
   The stage (`helix_framework.error_feedback`) first calls
   ``bind_rows(state, rows, stats=...)`` with the whole original matrix: it
@@ -53,6 +46,13 @@ with getattr):
   ``encode`` copies the bound parameters into the codes, so the codes decode
   with the state ``fit`` returned (the one the host saves) and ``fit`` may
   run on calibration rows only, as in a data-free candidate.
+- ``compressed_matmul = True``: the codec multiplies by its encoded matrix
+  without decoding it (``helix agree --engine adc``):
+  ``matmul(state, codes, x, params) -> y`` with ``x`` float32
+  [row_dim, T] (the layer's inputs, already in the rotated basis, one column
+  per token) and ``y`` float32 [n_rows, T] ~ ``decode(state, codes) @ x``.
+  ``params`` are the candidate's params, so the codec reads its own keys
+  (campq: ``distance`` and ``lane_width``).
 
 Two codecs may share a name only if their formats are compatible.
 """
