@@ -198,7 +198,8 @@ def fit_reconstruct(
     total_bits = account.code_bits + account.overhead_bits + rotation_bits
     bits = {
         "code_bpw": account.code_bpw,
-        "codebook_bpw": account.overhead_bpw,
+        "overhead_bpw": account.overhead_bpw,
+        "overhead_parts_bpw": account.parts_bpw(),
         "rotation_bpw": rotation_bits / x.size,
         "total_bpw": total_bits / x.size,
         "total_bits": total_bits,
@@ -559,6 +560,12 @@ def _summarize(manifest: dict[str, Any], out_dir: str, seconds: float) -> Calibr
         "codec_code_bpw": float(sum(e["bits"]["code_bpw"] * w for e, w in zip(coded, weights)) / weights.sum())
         if coded else 0.0,
     }
+    # the overhead by part (scales, codebooks, ...) and the rotation's, over all codec weights
+    parts: dict[str, float] = {}
+    for e, w in zip(coded, weights):
+        for part, bpw in {**e["bits"].get("overhead_parts_bpw", {}), "rotation": e["bits"]["rotation_bpw"]}.items():
+            parts[part] = parts.get(part, 0.0) + bpw * w
+    bits.update({f"codec_{part}_bpw": v / weights.sum() for part, v in sorted(parts.items()) if v})
     flags: dict[str, int] = {}
     for e in coded:
         for f in e.get("flags", []):

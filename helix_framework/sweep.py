@@ -418,7 +418,7 @@ def _tensor_row(info: Any, x: Any, result: Any) -> dict[str, Any]:
         "calibration_icc_3_1": _nan_to_none(cal.get("icc_3_1")),
         "in_sample": label == "in_sample", "metrics": json.dumps(result.metrics),
         "bits_per_weight": float(result.bits["total_bpw"]), "code_bpw": float(result.bits["code_bpw"]),
-        "codebook_bpw": float(result.bits["codebook_bpw"]), "rotation_bpw": float(result.bits["rotation_bpw"]),
+        "overhead_bpw": float(result.bits["overhead_bpw"]), "rotation_bpw": float(result.bits["rotation_bpw"]),
         "total_bits": float(result.bits["total_bits"]),
         "fit_s": result.timing["fit_s"], "encode_s": result.timing["encode_s"],
         "decode_s": result.timing["decode_s"], "measure_s": result.timing["measure_s"],
