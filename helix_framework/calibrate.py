@@ -32,12 +32,13 @@ from threadpoolctl import threadpool_limits
 from helix_framework import artifacts, outlock
 from helix_framework.codec import CodecState, Codes
 from helix_framework.config import CandidateConfig, kernel_signature
-from helix_framework.errors import HelixError, OutputError
+from helix_framework.errors import HelixError, NotApplicable, OutputError
 from helix_framework.measurement import MeasureContext
 from helix_framework.rotation import RotationState
 from helix_framework.routing import NOT_SELECTED, require_selection, route_tensor, tensor_selector
 from helix_framework.models import resolve_model
 from helix_framework.sources import ModelSource, open_source
+from helix_framework.summary import aggregate_figures, not_applicable_counts
 
 log = logging.getLogger(__name__)
 
@@ -246,14 +247,25 @@ def _named(exc: HelixError, name: str) -> HelixError:
 def measure_splits(
     x: np.ndarray, recon: np.ndarray, split: RowSplit, measurements: tuple[Any, ...], seed: int, name: str
 ) -> dict[str, dict[str, float]]:
-    """Every measurement on held-out (or in-sample), calibration and all rows."""
-    out: dict[str, dict[str, float]] = {}
+    """Every measurement on held-out (or in-sample), calibration and all rows.
+
+    Besides one mapping of figures per split label, the result may hold
+    ``not_applicable`` (measurement -> reason) and ``aggregate`` (figure ->
+    how the summary combines it, when not the plain mean)."""
+    out: dict[str, Any] = {}
     for label, idx in ((split.held_out_label, split.held_out), ("calibration", split.calibration), ("all", None)):
         orig = x if idx is None else x[idx]
         rec = recon if idx is None else recon[idx]
         figures: dict[str, float] = {}
         for m in measurements:
-            figures.update(m.measure(MeasureContext(orig, rec, split=label, seed=seed, tensor=name)))
+            try:
+                got = m.measure(MeasureContext(orig, rec, split=label, seed=seed, tensor=name))
+            except NotApplicable as exc:
+                out.setdefault("not_applicable", {}).setdefault(m.name, exc.reason)
+                continue
+            figures.update(got)
+            if m.aggregate != "mean":
+                out.setdefault("aggregate", {}).update(dict.fromkeys(got, m.aggregate))
         out[label] = figures
     return out
 
@@ -275,6 +287,8 @@ class CalibrationSummary:
     flags: dict[str, int]
     kernels: dict[str, int]
     token_agreement: dict[str, Any] | None = None
+    #: measurement -> number of codec tensors it did not apply to
+    not_applicable: dict[str, int] = attrs.field(factory=dict)
     #: set when --tensors left codec tensors uncompressed (see `partial_of`)
     partial: dict[str, Any] | None = None
 
@@ -545,13 +559,11 @@ def _summarize(manifest: dict[str, Any], out_dir: str, seconds: float) -> Calibr
     coded = [e for e in entries if e["route"] == "codec"]
     weights = np.array([e["n_rows"] * e["row_dim"] for e in coded], dtype=np.float64)
     held: dict[str, float] = {}
+    not_applicable = not_applicable_counts([e["metrics"] for e in coded])
     if coded:
         label = "in_sample" if manifest["config"]["in_sample"] else "held_out"
-        keys = sorted(set.intersection(*(set(e["metrics"][label]) for e in coded)))
-        keys = [k for k in keys if not k.endswith(("_n", "_ci_low", "_ci_high"))]
-        for key in keys:
-            vals = np.array([e["metrics"][label][key] for e in coded], dtype=np.float64)
-            held[f"mean_{key}"] = float(vals.mean())
+        figures = aggregate_figures([e["metrics"] for e in coded], weights, label)
+        held.update({f"{how}_{key}": value for key, (how, value) in figures.items()})
         held["label_in_sample"] = float(label == "in_sample")
     total_bits = float(sum(e["bits"]["total_bits"] for e in coded))
     bits = {
@@ -581,6 +593,7 @@ def _summarize(manifest: dict[str, Any], out_dir: str, seconds: float) -> Calibr
         seconds=seconds,
         flags=flags,
         kernels={k: v for k, v in kernels.items() if isinstance(v, int)},
+        not_applicable=not_applicable,
         partial=partial_of(entries),
     )
 

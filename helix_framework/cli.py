@@ -108,6 +108,7 @@ def print_summary(summary: dict[str, Any]) -> None:
     rows += [(k, _fmt(v)) for k, v in summary["bits"].items()]
     rows += [("seconds", f"{summary['seconds']:.1f}")]
     rows += [(f"flag {k}", v) for k, v in summary["flags"].items()]
+    rows += [(f"not applicable: {k}", f"{v} tensor(s)") for k, v in summary.get("not_applicable", {}).items()]
     rows += [(f"kernels {k}", v) for k, v in summary["kernels"].items()]
     agreement = summary.get("token_agreement")
     if agreement:

@@ -118,6 +118,14 @@ class InputFileError(HelixError):
         super().__init__(f"{path}: {message}")
 
 
+class NotApplicable(HelixError):
+    """A measurement does not apply to this tensor: recorded with the reason, not fatal."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+        super().__init__(reason)
+
+
 class MeasurementError(HelixError):
     """A measurement cannot be computed on this input (never a placeholder)."""
 

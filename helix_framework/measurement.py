@@ -11,12 +11,25 @@ Class attributes: ``name`` (what configs list under ``measure``),
 float32 ``original`` and ``reconstruction`` rows of one split (``held_out``,
 ``calibration`` or ``all``) and a seed for anything random. The host calls
 it once per split and labels the figures. A measurement that cannot compute
-its figure raises `MeasurementError`; it never returns a placeholder.
+its figure raises `MeasurementError` (fatal: the run stops, naming the
+tensor); it never returns a placeholder. One that does not apply to a tensor
+(SQNR of an exact reconstruction, say) raises `NotApplicable(reason)`
+instead: the tensor's entry records the reason, the summary counts it, and
+the run goes on.
+
+``aggregate`` declares how the run's summary combines a figure over the
+codec tensors: ``mean`` (unweighted, the default), ``weighted_mean``
+(weighted by each tensor's number of weights), ``min``, ``max`` or
+``median``; the summary names each figure after it (``mean_rel_l2``,
+``min_sqnr_db``).
 """
 
 from __future__ import annotations
 
 from typing import ClassVar
+
+#: the values ``Measurement.aggregate`` may take
+AGGREGATES = ("mean", "weighted_mean", "min", "max", "median")
 
 import attrs
 import numpy as np
@@ -37,6 +50,8 @@ class Measurement:
     name: ClassVar[str]
     version: ClassVar[str] = "0.0.0"
     override: ClassVar[bool] = False
+    #: how the summary combines its figures over tensors (one of `AGGREGATES`)
+    aggregate: ClassVar[str] = "mean"
 
     def measure(self, context: MeasureContext) -> dict[str, float]:
         raise NotImplementedError

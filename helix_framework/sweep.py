@@ -70,6 +70,7 @@ from helix_framework.config import (
     structure,
 )
 from helix_framework.errors import ConfigError, HelixError, SweepError, SweepTooLarge
+from helix_framework.summary import aggregate_figures
 from helix_framework.routing import NOT_SELECTED, tensor_selector
 
 log = logging.getLogger(__name__)
@@ -427,17 +428,14 @@ def _tensor_row(info: Any, x: Any, result: Any) -> dict[str, Any]:
 
 
 def _summary_figures(rows: list[dict[str, Any]], in_sample: bool) -> dict[str, Any]:
-    """Means over tensors (as `helix calibrate` reports them) and weighted bits."""
+    """Figures over tensors combined as `helix calibrate` combines them, and weighted bits."""
     if not rows:
         raise SweepError("no tensor was routed to the codec (check the tensors regex)")
     weights = [r["n_rows"] * r["row_dim"] for r in rows]
     label = "in_sample" if in_sample else "held_out"
-    means: dict[str, dict[str, float]] = {}
-    for split in (label, "calibration", "all"):
-        per = [json.loads(r["metrics"])[split] for r in rows]
-        keys = sorted(set.intersection(*(set(p) for p in per)))
-        means[split] = {k: float(sum(p[k] for p in per) / len(per))
-                        for k in keys if not k.endswith(("_n", "_ci_low", "_ci_high"))}
+    per = [json.loads(r["metrics"]) for r in rows]
+    means = {split: {k: v for k, (_, v) in aggregate_figures(per, weights, split).items()}
+             for split in (label, "calibration", "all")}
     flags: dict[str, int] = {}
     for r in rows:
         for f in json.loads(r["flags"]):
