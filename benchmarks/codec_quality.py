@@ -23,11 +23,11 @@ size:
   PQ set to the same log2 K bits) + ProductQuantizer.
 - ``residual``: campq shared 8-weight codebook K=256 plus one residual stage
   of 256, vs ``faiss.ResidualQuantizer(8, 2, 8)`` (two stages of 256) on the
-  same sub-vectors, with beam 1 (greedy, the algorithm campq runs) and beam
-  5 (FAISS's default beam search, a stronger encoder).
+  same sub-vectors, both with beam 1 (greedy) and both with beam 5
+  (FAISS's default beam search; campq's ``residual.beam``).
 - ``prq``: campq per-subspace (``pq`` config) plus one residual stage of the
   same K, vs ``faiss.ProductResidualQuantizer(d, d/8, 2, log2 K)``, beam 1
-  and 5.
+  and 5 on both sides.
 
 FAISS 1.15's OPQMatrix.train aborts the process (double free) when it gets
 fewer rows than d, so that pair is reported as not run for such matrices.
@@ -201,20 +201,20 @@ def main() -> None:
              lambda: campq_run(x, cal, held, CampqParams(subspace_dim=8, centroids=K), rotation=True),
              lambda: faiss_opq_pq(x, cal, M, nbits), f"OPQMatrix({d},{M}) + PQ {nbits} bits"),
         ]
-        residual = lambda: campq_run(x, cal, held, CampqParams(  # noqa: E731
-            subspace_dim=8, centroids=256, codebook="shared", residual=Residual(1, 256)))
-        prq = lambda: campq_run(x, cal, held, CampqParams(  # noqa: E731
-            subspace_dim=8, centroids=K, residual=Residual(1, K)))
+        residual = {b: (lambda b=b: campq_run(x, cal, held, CampqParams(
+            subspace_dim=8, centroids=256, codebook="shared", residual=Residual(1, 256, beam=b)))) for b in (1, 5)}
+        prq = {b: (lambda b=b: campq_run(x, cal, held, CampqParams(
+            subspace_dim=8, centroids=K, residual=Residual(1, K, beam=b)))) for b in (1, 5)}
         for beam in (1, 5):
             pairs.append((
-                f"residual, faiss beam {beam}", "shared 8w K=256 + 1 stage 256", "2 bytes / 8 weights (2 bpw)",
-                residual, lambda b=beam: faiss_sub(faiss_rq(b), x, cal, 8),
+                f"residual, beam {beam}", f"shared 8w K=256 + 1 stage 256, beam {beam}", "2 bytes / 8 weights (2 bpw)",
+                residual[beam], lambda b=beam: faiss_sub(faiss_rq(b), x, cal, 8),
                 f"ResidualQuantizer(8,2,8) beam {beam} on sub-vectors"))
         for beam in (1, 5):
             pairs.append((
-                f"prq, faiss beam {beam}", f"per-subspace 8w K={K} + 1 stage {K}",
+                f"prq, beam {beam}", f"per-subspace 8w K={K} + 1 stage {K}, beam {beam}",
                 f"{M} x {2 * nbits} bits/row ({nbits / 4:.3f} bpw)",
-                prq, lambda b=beam: faiss_prq(x, cal, M, nbits, b),
+                prq[beam], lambda b=beam: faiss_prq(x, cal, M, nbits, b),
                 f"ProductResidualQuantizer({d},{M},2,{nbits}) beam {beam}"))
         cache = {}
         for kind, ours, code, run_ours, run_faiss, theirs in pairs:

@@ -2,7 +2,8 @@
 
 The public API: `get_host` (the plugin host), `hookimpl` (for plugins), the
 component contracts (`Codec`, `Rotation`, `Compressor`, `Measurement`) and
-their value classes, the config loader and the errors. Submodules are
+their value classes, the config loader and every error class of
+`helix_framework.errors`. Submodules are
 imported on first attribute access so that ``helix --help`` stays fast.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from helix_framework import errors as _errors
 from helix_framework.hookspecs import hookimpl
 
 __version__ = "0.1.0"
@@ -34,14 +36,15 @@ _LAZY = {
     "candidate_from_mapping": "helix_framework.config",
     "CandidateConfig": "helix_framework.config",
     "kernel_signature": "helix_framework.config",
-    "HelixError": "helix_framework.errors",
-    "ConfigError": "helix_framework.errors",
-    "PluginError": "helix_framework.errors",
-    "UnknownNameError": "helix_framework.errors",
-    "NotImplementedInThisVersion": "helix_framework.errors",
+    "LayerStats": "helix_framework.layer_stats",
 }
+# Every error class a plugin may raise or catch, from the one module that holds
+# them (errors.py imports nothing heavy, so --help stays fast).
+_ERRORS = [name for name, value in vars(_errors).items()
+           if isinstance(value, type) and issubclass(value, Exception) and value.__module__ == _errors.__name__]
+globals().update({name: getattr(_errors, name) for name in _ERRORS})
 
-__all__ = ["hookimpl", "__version__", *_LAZY]
+__all__ = ["hookimpl", "__version__", *_LAZY, *_ERRORS]
 
 
 def __getattr__(name: str) -> Any:

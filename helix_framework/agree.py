@@ -39,6 +39,7 @@ from helix_framework.config import CandidateConfig, canonical_json
 from helix_framework.errors import HelixError
 from helix_framework.measure.agreement import MIN_POSITIONS, AgreementAccumulator
 from helix_framework.prompts import Prompt, load_prompts
+from helix_framework.routing import require_selection, tensor_selector
 from helix_framework.sources import ModelSource
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,8 @@ def weights_from_config(source: ModelSource, candidate: CandidateConfig, host: A
     data-aware candidate block by block with its layer statistics, exactly as
     `helix calibrate` does) and keep the reconstructions."""
     comp = resolve(candidate, host)
-    selector = re.compile(tensors) if tensors else None
+    selector = tensor_selector(tensors)
+    require_selection(selector, source.tensors(), candidate.routes)
     seed = candidate.rows.seed
     out = {}
 
@@ -109,6 +111,14 @@ def weights_from_config(source: ModelSource, candidate: CandidateConfig, host: A
         for info in source.tensors():
             fit_one(info)
     return out
+
+
+def is_encoder(source: ModelSource) -> bool:
+    """Whether ``source`` is scored on sentence embeddings (BERT family) rather
+    than on teacher-forced tokens; decided from its config, without loading it."""
+    from helix_framework.reference.loader import _model_type
+
+    return source.kind == "hf_directory" and _model_type(source) == "bert"
 
 
 def adc_linears(directory: str | Path, host: Any) -> dict[str, Any]:
@@ -275,7 +285,10 @@ def agree(
     linears: dict[str, Any] | None = None,
 ) -> AgreeReport:
     """Compare the reference model with the same model carrying ``weights``;
-    ``linears`` (from `adc_linears`) replace those layers' matrix products."""
+    ``linears`` (from `adc_linears`) replace those layers' matrix products.
+    An encoder is scored on every sentence of the prompt set: ``positions``
+    and ``window`` apply to decoders only (`helix agree` refuses them for an
+    encoder, see `is_encoder`)."""
     from helix_framework.models import resolve_model
     from helix_framework.reference import DecoderModel, load_model, load_tokenizer
     from helix_framework.sources import open_source

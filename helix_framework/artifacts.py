@@ -34,7 +34,7 @@ from typing import Any, BinaryIO, Callable, Iterable, Mapping
 
 import numpy as np
 
-from helix_framework.errors import HelixError, OutputError
+from helix_framework.errors import ArtifactError, HelixError, OutputError
 from helix_framework.outlock import pid_alive
 from helix_framework.sources.hf_directory import TOKENIZER_FILES
 
@@ -76,8 +76,6 @@ TMP_PREFIX = ".helix-tmp-"
 _TMP_NAME = re.compile(re.escape(TMP_PREFIX) + r"(\d+)-")
 
 
-class ArtifactError(HelixError):
-    """An artifact directory is missing, incomplete or does not match its manifest."""
 
 
 def _mkstemp(directory: Path, suffix: str) -> tuple[int, str]:

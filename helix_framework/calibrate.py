@@ -16,7 +16,6 @@ import dataclasses
 import hashlib
 import logging
 import os
-import re
 import shutil
 import stat
 import time
@@ -34,13 +33,14 @@ from helix_framework import artifacts, outlock
 from helix_framework.codec import CodecState, Codes
 from helix_framework.config import CandidateConfig, kernel_signature
 from helix_framework.engine import BlockStats
-from helix_framework.errors import ConfigError, HelixError, OutputError
+from helix_framework.errors import ConfigError, HelixError, NotApplicable, OutputError
 from helix_framework.layer_stats import LayerStats
 from helix_framework.measurement import MeasureContext
 from helix_framework.rotation import RotationState
-from helix_framework.routing import route_tensor
+from helix_framework.routing import NOT_SELECTED, require_selection, route_tensor, tensor_selector
 from helix_framework.models import resolve_model
 from helix_framework.sources import ModelSource, open_source
+from helix_framework.summary import aggregate_figures, not_applicable_counts
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +215,8 @@ def fit_reconstruct(
     total_bits = account.code_bits + account.overhead_bits + rotation_bits
     bits = {
         "code_bpw": account.code_bpw,
-        "codebook_bpw": account.overhead_bpw,
+        "overhead_bpw": account.overhead_bpw,
+        "overhead_parts_bpw": account.parts_bpw(),
         "rotation_bpw": rotation_bits / x.size,
         "total_bpw": total_bits / x.size,
         "total_bits": total_bits,
@@ -275,14 +276,26 @@ def measure_splits(
     held_stats: LayerStats | None = None,
 ) -> dict[str, dict[str, float]]:
     """Every measurement on held-out (or in-sample), calibration and all rows
-    (``held_stats``: the layer's inputs on held-out calibration windows)."""
-    out: dict[str, dict[str, float]] = {}
+    (``held_stats``: the layer's inputs on held-out calibration windows).
+
+    Besides one mapping of figures per split label, the result may hold
+    ``not_applicable`` (measurement -> reason) and ``aggregate`` (figure ->
+    how the summary combines it, when not the plain mean)."""
+    out: dict[str, Any] = {}
     for label, idx in ((split.held_out_label, split.held_out), ("calibration", split.calibration), ("all", None)):
         orig = x if idx is None else x[idx]
         rec = recon if idx is None else recon[idx]
         figures: dict[str, float] = {}
         for m in measurements:
-            figures.update(m.measure(MeasureContext(orig, rec, split=label, seed=seed, tensor=name, stats=held_stats)))
+            try:
+                got = m.measure(MeasureContext(orig, rec, split=label, seed=seed, tensor=name,
+                                             stats=held_stats))
+            except NotApplicable as exc:
+                out.setdefault("not_applicable", {}).setdefault(m.name, exc.reason)
+                continue
+            figures.update(got)
+            if m.aggregate != "mean":
+                out.setdefault("aggregate", {}).update(dict.fromkeys(got, m.aggregate))
         out[label] = figures
     return out
 
@@ -304,6 +317,10 @@ class CalibrationSummary:
     flags: dict[str, int]
     kernels: dict[str, int]
     token_agreement: dict[str, Any] | None = None
+    #: measurement -> number of codec tensors it did not apply to
+    not_applicable: dict[str, int] = attrs.field(factory=dict)
+    #: set when --tensors left codec tensors uncompressed (see `partial_of`)
+    partial: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return attrs.asdict(self)
@@ -326,8 +343,8 @@ def calibrate(
     the previous result whole.
     """
     comp = resolve(candidate, host)
+    selector = tensor_selector(tensors)
     out = Path(out_dir)
-    selector = re.compile(tensors) if tensors else None
     started = time.perf_counter()
     model = resolve_model(model)
     with open_source(model) as source:
@@ -335,6 +352,7 @@ def calibrate(
             if (problem := artifacts.rebuild_problem(info.dtype, info.shape)) is not None:
                 raise CalibrationError(f"tensor {info.name!r}: {problem}; decode could not rebuild it, "
                                        "so it is refused")
+        require_selection(selector, source.tensors(), candidate.routes)
         created = artifacts.make_output_dir(out)
         try:
             with outlock.hold(out, "calibrate"):
@@ -430,16 +448,47 @@ def _add_token_agreement(model: Path, out: Path, manifest: dict[str, Any], host:
     with open_source(model) as source:
         report = agree(model, weights=weights_from_artifacts(out, source, host),
                        candidate_name=manifest["config"]["name"], source=source)
-    manifest["token_agreement"] = report.to_json()
-    summary = attrs.evolve(_summarize(manifest, str(out), time.perf_counter() - started),
-                           token_agreement=_agreement_headline(report.to_json()))
+    summary = _summarize(manifest, str(out), time.perf_counter() - started)
+    manifest["token_agreement"] = mark_partial(report.to_json(), summary.partial)
+    summary = attrs.evolve(summary, token_agreement=_agreement_headline(manifest["token_agreement"]))
     manifest["summary"] = summary.to_json()
     artifacts.write_json_atomic(out / artifacts.MANIFEST, manifest)
     return summary
 
 
+def partial_of(entries: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """``{"compressed": N, "codec_tensors": M, "message": ...}`` for a run whose
+    ``--tensors`` left codec tensors uncompressed (manifest entries in), else None."""
+    return partial_result(sum(e["route"] == "codec" for e in entries),
+                          sum(e.get("reason") == NOT_SELECTED for e in entries))
+
+
+def partial_result(compressed: int, left_out: int) -> dict[str, Any] | None:
+    """The `partial_of` record from counts: codec tensors compressed, and
+    codec tensors ``--tensors`` left out."""
+    if not left_out:
+        return None
+    total = compressed + left_out
+    return {"compressed": compressed, "codec_tensors": total,
+            "message": f"partial: {compressed} of {total} codec tensors compressed"}
+
+
+def mark_partial(agreement: dict[str, Any], partial: dict[str, Any] | None) -> dict[str, Any]:
+    """An agreement result of a partial candidate never certifies the model:
+    ``certified`` false and a verdict that starts with the partial message."""
+    if partial is None or str(agreement.get("verdict", "")).startswith("partial:"):
+        return agreement
+    verdict = str(agreement["verdict"])
+    if agreement.get("certified"):
+        verdict = "the gate is met with only these tensors compressed: " + verdict.removeprefix("certified: ")
+    else:
+        verdict = "with only these tensors compressed: " + verdict
+    return {**agreement, "certified": False, "partial": partial,
+            "verdict": f"{partial['message']}; not a verdict on the model ({verdict})"}
+
+
 def _agreement_headline(data: dict[str, Any]) -> dict[str, Any]:
-    keys = ("positions", "top1", "top5", "certified", "verdict", "sentences", "cosine_mean", "cosine_min")
+    keys = ("positions", "top1", "top5", "certified", "verdict", "sentences", "cosine_mean", "cosine_min", "partial")
     out = {k: data[k] for k in keys if k in data}
     if "kl" in data:
         out["kl_mean"] = data["kl"]["mean"]
@@ -472,7 +521,7 @@ def route_and_read(source: ModelSource, info: Any, candidate: CandidateConfig, s
     decision = route_tensor(name, shape, candidate.routes)
     route, reason, reshape = decision.route, decision.reason, decision.reshape
     if selector is not None and not selector.search(name) and route == "codec":
-        route, reason = "passthrough", "not selected by --tensors; kept as is"
+        route, reason = "passthrough", NOT_SELECTED
     x = None
     if route == "codec":
         try:
@@ -612,13 +661,11 @@ def _summarize(manifest: dict[str, Any], out_dir: str, seconds: float) -> Calibr
     coded = [e for e in entries if e["route"] == "codec"]
     weights = np.array([e["n_rows"] * e["row_dim"] for e in coded], dtype=np.float64)
     held: dict[str, float] = {}
+    not_applicable = not_applicable_counts([e["metrics"] for e in coded])
     if coded:
         label = "in_sample" if manifest["config"]["in_sample"] else "held_out"
-        keys = sorted(set.intersection(*(set(e["metrics"][label]) for e in coded)))
-        keys = [k for k in keys if not k.endswith(("_n", "_ci_low", "_ci_high"))]
-        for key in keys:
-            vals = np.array([e["metrics"][label][key] for e in coded], dtype=np.float64)
-            held[f"mean_{key}"] = float(vals.mean())
+        figures = aggregate_figures([e["metrics"] for e in coded], weights, label)
+        held.update({f"{how}_{key}": value for key, (how, value) in figures.items()})
         held["label_in_sample"] = float(label == "in_sample")
     total_bits = float(sum(e["bits"]["total_bits"] for e in coded))
     bits = {
@@ -627,6 +674,12 @@ def _summarize(manifest: dict[str, Any], out_dir: str, seconds: float) -> Calibr
         "codec_code_bpw": float(sum(e["bits"]["code_bpw"] * w for e, w in zip(coded, weights)) / weights.sum())
         if coded else 0.0,
     }
+    # the overhead by part (scales, codebooks, ...) and the rotation's, over all codec weights
+    parts: dict[str, float] = {}
+    for e, w in zip(coded, weights):
+        for part, bpw in {**e["bits"].get("overhead_parts_bpw", {}), "rotation": e["bits"]["rotation_bpw"]}.items():
+            parts[part] = parts.get(part, 0.0) + bpw * w
+    bits.update({f"codec_{part}_bpw": v / weights.sum() for part, v in sorted(parts.items()) if v})
     flags: dict[str, int] = {}
     for e in coded:
         for f in e.get("flags", []):
@@ -642,6 +695,8 @@ def _summarize(manifest: dict[str, Any], out_dir: str, seconds: float) -> Calibr
         seconds=seconds,
         flags=flags,
         kernels={k: v for k, v in kernels.items() if isinstance(v, int)},
+        not_applicable=not_applicable,
+        partial=partial_of(entries),
     )
 
 

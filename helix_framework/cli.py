@@ -108,13 +108,16 @@ def print_summary(summary: dict[str, Any]) -> None:
     rows += [(k, _fmt(v)) for k, v in summary["bits"].items()]
     rows += [("seconds", f"{summary['seconds']:.1f}")]
     rows += [(f"flag {k}", v) for k, v in summary["flags"].items()]
+    rows += [(f"not applicable: {k}", f"{v} tensor(s)") for k, v in summary.get("not_applicable", {}).items()]
     rows += [(f"kernels {k}", v) for k, v in summary["kernels"].items()]
     agreement = summary.get("token_agreement")
     if agreement:
-        rows += [(f"token agreement {k}", _fmt(v)) for k, v in agreement.items() if k != "verdict"]
+        rows += [(f"token agreement {k}", _fmt(v)) for k, v in agreement.items() if k not in ("verdict", "partial")]
     print(_table(rows, (f"figure ({label} rows)", "value")))
     if agreement:
         print(agreement["verdict"])
+    elif summary.get("partial"):
+        print(summary["partial"]["message"])
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
@@ -161,9 +164,17 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from helix_framework.artifacts import read_manifest
+    from helix_framework.calibrate import mark_partial, partial_of
 
     manifests = [read_manifest(Path(d)) for d in args.dirs]
-    summaries = [m["summary"] for m in manifests]
+    summaries = []
+    for m in manifests:
+        # partial is recomputed from the entries: manifests written before the summary said so
+        partial = partial_of(m["tensors"])
+        s = {**m["summary"], "partial": partial}
+        if s.get("token_agreement"):
+            s["token_agreement"] = mark_partial(s["token_agreement"], partial)
+        summaries.append(s)
     # a column per run: its candidate, the model it compressed and where it lives
     columns = [f"{s['candidate']} on {Path(m['source']['path']).name} ({d})" for s, m, d in zip(summaries, manifests, args.dirs)]
     keys: list[str] = []
@@ -185,13 +196,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
     for s, column in zip(summaries, columns):
         if s.get("token_agreement"):
             print(f"{column}: {s['token_agreement']['verdict']}")
+        elif s["partial"]:
+            print(f"{column}: {s['partial']['message']}")
     return EXIT_OK
 
 
 def cmd_agree(args: argparse.Namespace) -> int:
-    from helix_framework.agree import agree, weights_from_artifacts, weights_from_config
+    from helix_framework.agree import agree, is_encoder, weights_from_artifacts, weights_from_config
+    from helix_framework.artifacts import read_manifest
+    from helix_framework.calibrate import mark_partial, partial_of
     from helix_framework.config import load_candidate
     from helix_framework.host import get_host
+    from helix_framework.measure.agreement import MIN_POSITIONS
     from helix_framework.models import resolve_model
     from helix_framework.sources import open_source
 
@@ -199,6 +215,11 @@ def cmd_agree(args: argparse.Namespace) -> int:
 
     host = get_host()
     source = open_source(resolve_model(args.model))
+    given = [f"--{k}" for k in ("positions", "window") if getattr(args, k) is not None]
+    if given and is_encoder(source):
+        raise AgreementError(f"{' and '.join(given)} {'apply' if len(given) > 1 else 'applies'} to decoders only; "
+                             f"{args.model} is an encoder, scored on "
+                             "every sentence of the prompt set (give --prompts to change them)")
     if args.engine == "adc" and not args.artifacts:
         raise AgreementError("--engine adc runs from codes: give --artifacts DIR (a calibration output)")
     if args.artifacts:
@@ -208,8 +229,11 @@ def cmd_agree(args: argparse.Namespace) -> int:
         weights, name = weights_from_config(source, candidate, host), candidate.name
     linears = adc_linears(args.artifacts, host) if args.engine == "adc" else None
     report = agree(args.model, weights=weights, candidate_name=name, prompts_dir=args.prompts,
-                   positions=args.positions, window=args.window, source=source, linears=linears)
+                   positions=MIN_POSITIONS if args.positions is None else args.positions,
+                   window=512 if args.window is None else args.window, source=source, linears=linears)
     data = report.to_json()
+    if args.artifacts:
+        data = mark_partial(data, partial_of(read_manifest(Path(args.artifacts))["tensors"]))
     if args.json:
         _print_json(data)
     else:
@@ -339,13 +363,13 @@ def _default_compressor(host: Any) -> str:
 def cmd_compress(args: argparse.Namespace) -> int:
     import time
 
+    from helix_framework.compressor import read_text_file
     from helix_framework.errors import HelixError
     from helix_framework.host import get_host
 
-    try:
-        text = Path(args.file).read_text(encoding="utf-8", errors="replace")
-    except OSError as exc:
-        raise HelixError(f"{args.file}: cannot read: {exc.strerror or exc}") from None
+    if args.max_bytes < 1:
+        raise HelixError(f"--max-bytes must be >= 1; got {args.max_bytes}")
+    text = read_text_file(args.file, args.max_bytes)
     host = get_host()
     name = args.compressor or _default_compressor(host)
     compressor = host.compressor(name)
@@ -371,24 +395,84 @@ def cmd_compress(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_needle(args: argparse.Namespace) -> int:
-    from helix_framework.host import get_host
-    from helix_framework.needle import build_corpus, format_table, load_reader, run_benchmark
+def _needle_ratios(values: list[float] | None) -> list[float]:
+    import math
 
-    reader = load_reader() if args.answer else None
+    from helix_framework.errors import HelixError
+
+    for r in values or []:
+        if not (math.isfinite(r) and 0 < r <= 1):
+            raise HelixError(f"--ratio must be a finite number in (0, 1]; got {r}")
+    return values or [0.5, 0.25]
+
+
+def cmd_needle(args: argparse.Namespace) -> int:
+    from helix_framework.errors import HelixError
+    from helix_framework.host import get_host
+    from helix_framework.needle import build_corpus, format_table, load_corpus, run_benchmark
+
+    ratios = _needle_ratios(args.ratio)
+    for flag, value in (("--documents", args.documents), ("--needles-per-doc", args.needles_per_doc),
+                        ("--window", args.window), ("--max-new-tokens", args.max_new_tokens)):
+        if value < 1:
+            raise HelixError(f"{flag} must be >= 1; got {value}")
     host = get_host()
     names = args.compressor or (["truncate", "headroom"] if "headroom" in host.names("compressor") else ["truncate"])
     compressors = {n: host.compressor(n) for n in dict.fromkeys(names)}
-    corpus = build_corpus(seed=args.seed)
-    rows = run_benchmark(corpus, compressors, args.ratio or [0.5, 0.25], reader=reader)
+    corpus = load_corpus(args.corpus) if args.corpus else build_corpus(seed=args.seed)
+    s = corpus.summary()
+    kinds = ", ".join(f"{t} {v['needles']} in {v['docs']} docs" for t, v in s["by_type"].items())
+    origin = args.corpus or f"seed {s['seed']}"
+    corpus_line = f"corpus {origin} sha256 {s['sha256'][:16]} (python {s['python']}): {s['needles']} needles ({kinds})"
+    if args.answer:
+        return _needle_answers(args, corpus, compressors, ratios, corpus_line)
+    rows = run_benchmark(corpus, compressors, ratios)
     if args.json:
-        _print_json({"corpus": corpus.summary(), "rows": [r.as_json() for r in rows]})
+        _print_json({"corpus": s, "rows": [r.as_json() for r in rows]})
     else:
-        s = corpus.summary()
-        kinds = ", ".join(f"{t} {v['needles']} in {v['docs']} docs" for t, v in s["by_type"].items())
-        print(f"corpus seed {s['seed']} sha256 {s['sha256'][:16]} (python {s['python']}): "
-              f"{s['needles']} needles ({kinds})")
+        print(corpus_line)
         print(format_table(rows))
+    return EXIT_OK
+
+
+def _needle_answers(args: argparse.Namespace, corpus: Any, compressors: dict[str, Any], ratios: list[float],
+                    corpus_line: str) -> int:
+    import time
+
+    from tqdm import tqdm
+
+    from helix_framework.needle import answer_table, ask_plan, run_answers
+    from helix_framework.needle.answers import UNCOMPRESSED, sample_answers
+    from helix_framework.needle.reader import load_chat_reader
+
+    t0 = time.perf_counter()
+    reader = load_chat_reader(args.reader, window=args.window, max_new_tokens=args.max_new_tokens)
+    plan = ask_plan(corpus, args.documents, args.needles_per_doc, seed=args.seed)
+    steps = len(plan) * (1 + len(compressors) * len(ratios))
+    with tqdm(total=steps, desc="needle --answer", unit="context", leave=False) as bar:
+        run = run_answers(plan, compressors, ratios, reader, progress=lambda _: bar.update())
+    wall = time.perf_counter() - t0
+    asked = (f"asked {run.needles} needles in {run.documents} documents (at most {args.needles_per_doc} per "
+             f"document) in {1 + len(compressors) * len(ratios)} conditions")
+    reading = (f"reader {reader.name} ({reader.template} chat template), window {reader.window} document tokens, "
+               f"at most {reader.max_new_tokens} answer tokens")
+    if args.json:
+        _print_json({"corpus": corpus.summary(), "reader": {"model": reader.name, "template": reader.template,
+                     "window": reader.window, "max_new_tokens": reader.max_new_tokens},
+                     "ratios": ratios, "compressors": list(compressors), "wall_seconds": wall, **run.as_json()})
+        return EXIT_OK
+    print(corpus_line)
+    print(f"{asked}; {reading}")
+    print(answer_table(run.rows))
+    print(f"\nread {run.tokens_read} tokens in {run.seconds:.1f} s ({run.tokens_read / max(run.seconds, 1e-9):.0f} "
+          f"tokens/s); {run.contexts_read} contexts computed, {run.contexts_reused} reused; wall {wall:.1f} s; "
+          f"{sum(a.capped for a in run.answers)} of {len(run.answers)} answers stopped at the token limit")
+    print("\nsample of graded answers (guess: correct although the value was not in the context):")
+    for a in sample_answers(run.answers, 20, seed=args.seed):
+        verdict = "guess" if a.guess else "right" if a.correct else "wrong"
+        cond = "uncompressed" if a.compressor == UNCOMPRESSED else f"{a.compressor} {a.ratio_target:g}"
+        print(f"  {verdict:5}  {cond:14} {a.doc_id}  {a.key} = {a.value}  "
+              f"({'in context' if a.survived else 'not in context'}): {a.answer!r}{' [cut]' if a.capped else ''}")
     return EXIT_OK
 
 
@@ -510,8 +594,11 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--artifacts", metavar="DIR", help="a calibration output of MODEL")
     which.add_argument("--config", metavar="FILE", help="a candidate, calibrated in memory")
     p.add_argument("--prompts", metavar="DIR", help="directory of *.txt prompts (default: the built-in set)")
-    p.add_argument("--positions", type=int, default=2000, metavar="N", help="teacher-forced positions (default 2000)")
-    p.add_argument("--window", type=int, default=512, metavar="T", help="tokens per independent window (default 512)")
+    p.add_argument("--positions", type=int, metavar="N",
+                   help="teacher-forced positions of a decoder (default 2000); refused for an encoder, which is "
+                        "scored on every sentence of the prompt set")
+    p.add_argument("--window", type=int, metavar="T",
+                   help="tokens per independent window of a decoder (default 512); refused for an encoder")
     p.add_argument("--engine", choices=("dense", "adc"), default="dense",
                    help="adc: compressed layers multiply from their codes (codecs with compressed_matmul)")
     p.add_argument("--json", action="store_true", help="print every figure as JSON")
@@ -532,14 +619,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
     p.set_defaults(func=cmd_probe)
 
-    p = sub.add_parser("jit", help="the compiled-kernel cache")
-    jit_sub = p.add_subparsers(dest="jit_command", metavar="ACTION")
+    jit = sub.add_parser("jit", help="the compiled-kernel cache")
+    jit_sub = jit.add_subparsers(dest="jit_command", metavar="ACTION")
     q = jit_sub.add_parser("stats", help="entries, bytes, hits, misses, compile time")
     q.add_argument("--json", action="store_true", help="print the figures as JSON")
     q.set_defaults(func=cmd_jit_stats)
     q = jit_sub.add_parser("clear", help="remove every cached kernel")
     q.set_defaults(func=cmd_jit_clear)
-    p.set_defaults(func=lambda a: _usage(p))
+    jit.set_defaults(func=lambda a: _usage(jit, "helix jit needs an action: stats or clear"))
 
     p = sub.add_parser("compress", help="compress a text file with a context compressor")
     p.add_argument("file", metavar="FILE", help="a text file")
@@ -547,15 +634,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-chars", type=int, metavar="N", help="at most N characters out (default: half the input)")
     p.add_argument("--content-type", choices=["diff", "patch", "log", "code", "json", "prose"], metavar="T",
                    help="diff, patch, log, code, json or prose (default: detected)")
+    p.add_argument("--max-bytes", type=int, default=64 * 1024 * 1024, metavar="N",
+                   help="refuse a FILE larger than N bytes (default 64 MiB); only regular files are read")
     p.add_argument("--json", action="store_true", help="print JSON with the text, ratio, path, fallback, milliseconds")
     p.set_defaults(func=cmd_compress)
 
     p = sub.add_parser("needle", help="needle benchmark: do compressed contexts keep their key=value facts?")
     p.add_argument("--compressor", action="append", metavar="NAME", help="repeatable (default: truncate and headroom)")
-    p.add_argument("--ratio", action="append", type=float, metavar="R", help="target ratio, repeatable (default: 0.5 and 0.25)")
+    p.add_argument("--ratio", action="append", type=float, metavar="R", help="target ratio in (0, 1], repeatable (default: 0.5 and 0.25)")
     p.add_argument("--seed", type=int, default=0, help="corpus seed (default 0)")
-    p.add_argument("--answer", action="store_true", help="also let SmolLM2 answer from the compressed context")
-    p.add_argument("--json", action="store_true", help="print every figure as JSON")
+    p.add_argument("--corpus", metavar="FILE.json", help="your own documents and needles (JSON manifest) instead "
+                   "of the generated corpus")
+    p.add_argument("--answer", action="store_true", help="let a reader model answer every needle's question from "
+                   "each context (uncompressed and compressed) instead of checking survival only")
+    p.add_argument("--reader", default="smollm2", metavar="MODEL", help="--answer: a chat decoder, name or path "
+                   "(default smollm2)")
+    p.add_argument("--window", type=int, default=1024, metavar="N", help="--answer: document tokens the reader "
+                   "reads; longer contexts are cut (default 1024)")
+    p.add_argument("--max-new-tokens", type=int, default=16, metavar="N", help="--answer: longest answer, in "
+                   "tokens (default 16)")
+    p.add_argument("--documents", type=int, default=12, metavar="N", help="--answer: documents asked, shortest of "
+                   "each type in turn (default 12)")
+    p.add_argument("--needles-per-doc", type=int, default=4, metavar="K", help="--answer: needles asked per "
+                   "document (default 4)")
+    p.add_argument("--json", action="store_true", help="print every figure (and with --answer every answer) as JSON")
     p.set_defaults(func=cmd_needle)
 
     p = sub.add_parser("sweep", help="run a grid of candidates; results appended to LanceDB tables")
@@ -593,8 +695,23 @@ def _verbose_everywhere(sub: Any) -> None:
                        help="log progress at INFO to stderr")
 
 
-def _usage(parser: argparse.ArgumentParser) -> int:
+def _check_environment() -> None:
+    """Settings read deep inside a run are checked before any work, so a bad
+    value is one line up front rather than a traceback midway."""
+    import helix_jit
+
+    from helix_framework.errors import EnvironmentSettingError
+
+    try:
+        helix_jit.threads()
+    except ValueError as exc:
+        raise EnvironmentSettingError(str(exc), variable="HELIX_JIT_THREADS") from None
+
+
+def _usage(parser: argparse.ArgumentParser, message: str) -> int:
+    """A usage error: the command's own usage, then one line saying what is missing."""
     parser.print_usage(sys.stderr)
+    print(f"helix: error: {message}", file=sys.stderr)
     return EXIT_ERROR
 
 
@@ -610,6 +727,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from helix_framework.errors import HelixError
 
     try:
+        _check_environment()
         return func(args)
     except HelixError as exc:
         print(f"helix: error: {exc}", file=sys.stderr)

@@ -21,7 +21,9 @@ Methods, all pure functions of their arguments:
 - ``encode(state, rows) -> Codes``: codes for any rows.
 - ``decode(state, codes) -> ndarray``: float32 rows, same shape as encoded.
 - ``bits(state, n_rows, row_dim) -> BitsAccount``: code bits and overhead
-  (codebooks, scales), so bits per weight are never only the codes.
+  named by part (``BitsAccount.of(n, code_bits, scales=..., codebooks=...)``),
+  so bits per weight are never only the codes and the manifest says what the
+  overhead is.
 
 Optional capabilities, declared as class attributes (the host never probes
 with getattr):
@@ -36,13 +38,6 @@ with getattr):
   time, in an order the host chooses, and finally ``encode`` on the
   quantized matrix. ``encode`` of rows that ``quantize_columns`` produced must
   decode to those rows exactly.
-- ``compressed_matmul = True``: the codec multiplies by its encoded matrix
-  without decoding it (``helix agree --engine adc``):
-  ``matmul(state, codes, x, params) -> y`` with ``x`` float32
-  [row_dim, T] (the layer's inputs, already in the rotated basis, one column
-  per token) and ``y`` float32 [n_rows, T] ~ ``decode(state, codes) @ x``.
-  ``params`` are the candidate's params, so the codec reads its own keys
-  (campq: ``distance`` and ``lane_width``).
 
   The stage (`helix_framework.error_feedback`) first calls
   ``bind_rows(state, rows, stats=...)`` with the whole original matrix: it
@@ -53,6 +48,13 @@ with getattr):
   ``encode`` copies the bound parameters into the codes, so the codes decode
   with the state ``fit`` returned (the one the host saves) and ``fit`` may
   run on calibration rows only, as in a data-free candidate.
+- ``compressed_matmul = True``: the codec multiplies by its encoded matrix
+  without decoding it (``helix agree --engine adc``):
+  ``matmul(state, codes, x, params) -> y`` with ``x`` float32
+  [row_dim, T] (the layer's inputs, already in the rotated basis, one column
+  per token) and ``y`` float32 [n_rows, T] ~ ``decode(state, codes) @ x``.
+  ``params`` are the candidate's params, so the codec reads its own keys
+  (campq: ``distance`` and ``lane_width``).
 
 Two codecs may share a name only if their formats are compatible.
 """
@@ -83,13 +85,36 @@ class Codes:
     meta: Mapping[str, Any] = attrs.field(factory=dict)
 
 
+def _parts_sum(instance: Any, attribute: Any, value: Mapping[str, int]) -> None:
+    if value and sum(int(v) for v in value.values()) != instance.overhead_bits:
+        raise ValueError(f"overhead_parts {dict(value)} do not add up to overhead_bits {instance.overhead_bits}")
+
+
 @attrs.frozen
 class BitsAccount:
-    """Bits spent on one tensor. Per-weight figures divide by ``n_weights``."""
+    """Bits spent on one tensor. Per-weight figures divide by ``n_weights``.
+
+    ``overhead_parts`` names what the overhead is ("scales", "zeros",
+    "codebooks", "row_scales", ...) and must add up to ``overhead_bits``; a
+    codec that gives only ``overhead_bits`` has one unnamed part. Build one
+    with `BitsAccount.of` to have the total computed.
+    """
 
     n_weights: int
     code_bits: int
     overhead_bits: int = 0
+    overhead_parts: Mapping[str, int] = attrs.field(factory=dict, validator=_parts_sum)
+
+    @classmethod
+    def of(cls, n_weights: int, code_bits: int, **parts: int) -> BitsAccount:
+        """An account whose overhead is the sum of the named ``parts`` (zero parts dropped)."""
+        named = {k: int(v) for k, v in parts.items() if v}
+        return cls(int(n_weights), int(code_bits), sum(named.values()), named)
+
+    def parts_bpw(self) -> dict[str, float]:
+        """The overhead per weight, by part (``overhead`` when unnamed)."""
+        parts = dict(self.overhead_parts) or ({"overhead": self.overhead_bits} if self.overhead_bits else {})
+        return {k: v / self.n_weights if self.n_weights else 0.0 for k, v in parts.items()}
 
     @property
     def code_bpw(self) -> float:

@@ -19,6 +19,11 @@ from typing import ClassVar
 
 import attrs
 
+from helix_framework.bounded_read import read_regular_file
+
+#: Default limit of `read_text_file` (``helix compress --max-bytes``).
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+
 
 @attrs.frozen
 class CompressionResult:
@@ -45,3 +50,9 @@ class Compressor:
 def ratio_of(original: str, compressed: str) -> float:
     """Output characters over input characters (1.0 for empty input)."""
     return len(compressed) / len(original) if original else 1.0
+
+
+def read_text_file(path: str, max_bytes: int = DEFAULT_MAX_BYTES) -> str:
+    """The UTF-8 text of a regular file of at most ``max_bytes`` bytes
+    (`InputFileError` otherwise); undecodable bytes become U+FFFD."""
+    return read_regular_file(path, max_bytes, limit_name="--max-bytes limit").decode("utf-8", errors="replace")

@@ -22,12 +22,12 @@ from typing import Any, Literal, Mapping
 
 import attrs
 import cattrs
-import yaml
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 
 from helix_framework.codec import NoParams
 from helix_framework.errors import CalibrationEqualsMeasurement, ConfigError, HelixError
 from helix_framework.params import ParamError
+from helix_framework.yaml_loading import YamlDocument, load_yaml, read_yaml_file  # noqa: F401  (load_yaml: re-exported)
 
 ROUTES = ("passthrough", "skip", "codec")
 
@@ -197,72 +197,6 @@ def _first_error(exc: BaseException, path: str) -> tuple[str, str]:
     return path, message or type(exc).__name__
 
 
-# -- YAML with line numbers ------------------------------------------------
-
-
-@attrs.frozen
-class YamlDocument:
-    """Loaded YAML data plus the line (1-based) of every key path."""
-
-    data: Any
-    lines: Mapping[str, int]
-    file: str | None = None
-
-    def line_of(self, path: str) -> int | None:
-        """The line of ``path`` or of its nearest parent."""
-        while path:
-            if path in self.lines:
-                return self.lines[path]
-            cut = max(path.rfind("."), path.rfind("["))
-            if cut <= 0:
-                break
-            path = path[:cut]
-        return self.lines.get("$")
-
-    def error(self, exc: ConfigError) -> ConfigError:
-        return exc.located(file=self.file, line=self.line_of(exc.path))
-
-
-def load_yaml(text: str, file: str | None = None) -> YamlDocument:
-    """Safe-load one YAML document, recording the line of every key."""
-    loader = yaml.SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            raise ConfigError("the file is empty", file=file)
-        data = loader.construct_document(node)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"invalid YAML: {problem}", file=file, line=mark.line + 1 if mark else None) from None
-    except RecursionError:
-        raise ConfigError("invalid YAML: nested too deeply", file=file) from None
-    finally:
-        loader.dispose()
-    lines: dict[str, int] = {}
-    try:
-        _record_lines(node, "$", lines)
-    except ConfigError as exc:
-        raise exc.located(file=file) from None
-    return YamlDocument(data, lines, file)
-
-
-def _record_lines(node: yaml.Node, path: str, lines: dict[str, int]) -> None:
-    lines.setdefault(path, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
-        seen: set[str] = set()
-        for key, value in node.value:
-            name = str(key.value)
-            if isinstance(key, yaml.ScalarNode) and name in seen:
-                raise ConfigError(f"duplicate key {name!r}", path=f"{path}.{name}", line=key.start_mark.line + 1)
-            seen.add(name)
-            lines.setdefault(f"{path}.{name}", key.start_mark.line + 1)
-            _record_lines(value, f"{path}.{name}", lines)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            _record_lines(item, f"{path}[{i}]", lines)
-
-
 # -- the candidate ---------------------------------------------------------
 
 
@@ -405,14 +339,7 @@ class _CandidateShape:
 
 def read_config_file(path: str | Path) -> YamlDocument:
     """Read one YAML config file (a candidate or a sweep) with its key lines."""
-    file = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError("no such file", file=file) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read: {exc}", file=file) from None
-    return load_yaml(text, file)
+    return read_yaml_file(path)
 
 
 def is_sweep(doc: YamlDocument) -> bool:

@@ -161,34 +161,36 @@ def quantize_with_feedback(
     except ValueError as exc:
         raise ErrorFeedbackError(str(exc), codec=name) from exc
 
-    work = w[:, perm].astype(np.float64)
-    quant = np.empty((n, d), dtype=np.float32)
+    # Transposed: column j of the weights is row j here, so every update
+    # below runs over contiguous memory.
+    work = np.ascontiguousarray(w.T[perm], dtype=np.float64)  # [d, n]
+    quant = np.empty((d, n), dtype=np.float32)
     width = max(atom, (int(params.block) // atom) * atom)
     for b0 in range(0, d, width):
         b1 = min(b0 + width, d)
-        block = work[:, b0:b1]  # a view: updates inside the block land in work
-        errors = np.empty((n, b1 - b0))
+        block = work[b0:b1]  # a view: updates inside the block land in work
+        errors = np.empty((b1 - b0, n))
         for j in range(0, b1 - b0, atom):
             c0, c1 = b0 + j, b0 + j + atom
-            values = block[:, j : j + atom].astype(np.float32)
+            values = np.ascontiguousarray(block[j : j + atom].T, dtype=np.float32)
             q = np.asarray(codec.quantize_columns(bound, values, int(order[c0 // atom]) * atom))
             if q.shape != values.shape or q.dtype != np.float32:
                 raise ErrorFeedbackError(
                     f"codec {name!r}: quantize_columns returned {q.dtype}{q.shape}, expected float32{values.shape}",
                     codec=name,
                 )
-            quant[:, c0:c1] = q
-            diff = block[:, j : j + atom] - q
+            quant[c0:c1] = q.T
+            diff = block[j : j + atom] - q.T
             if atom == 1:
                 err = diff / upper[c0, c0]
-            else:  # E U_SS = diff, U_SS upper triangular
-                err = np.linalg.solve(upper[c0:c1, c0:c1].T, diff.T).T
-            errors[:, j : j + atom] = err
-            block[:, j + atom :] -= err @ upper[c0:c1, c1:b1]
-        work[:, b1:] -= errors @ upper[b0:b1, b1:]
+            else:  # U_SS^T E^T = diff^T, U_SS upper triangular
+                err = np.linalg.solve(upper[c0:c1, c0:c1].T, diff)
+            errors[j : j + atom] = err
+            block[j + atom :] -= upper[c0:c1, c1:b1].T @ err
+        work[b1:] -= upper[b0:b1, b1:].T @ errors
 
-    w_hat = np.empty_like(quant)
-    w_hat[:, perm] = quant
+    w_hat = np.empty((n, d), dtype=np.float32)
+    w_hat[:, perm] = quant.T
     codes = codec.encode(bound, w_hat, stats=stats) if getattr(codec, "takes_stats", False) else codec.encode(bound, w_hat)
     back = codec.decode(state, codes)
     if back.shape != w_hat.shape or not np.array_equal(back, w_hat):

@@ -109,6 +109,23 @@ class SourceError(HelixError):
         super().__init__(f"{': '.join(parts)}: {message}" if parts else message)
 
 
+class InputFileError(HelixError):
+    """An input file cannot be read within its limits (not a regular file, too large)."""
+
+    def __init__(self, message: str, *, path: str):
+        self.message = message
+        self.path = path
+        super().__init__(f"{path}: {message}")
+
+
+class NotApplicable(HelixError):
+    """A measurement does not apply to this tensor: recorded with the reason, not fatal."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+        super().__init__(reason)
+
+
 class MeasurementError(HelixError):
     """A measurement cannot be computed on this input (never a placeholder)."""
 
@@ -128,15 +145,6 @@ class LayerInputError(HelixError):
     def __init__(self, message: str, *, layer: str):
         self.layer = layer
         super().__init__(f"layer {layer!r}: {message}")
-
-
-class ErrorFeedbackError(HelixError):
-    """Error feedback cannot run on a tensor, or a codec broke its promise
-    (encode of the quantized columns did not reproduce them); ``codec`` names it."""
-
-    def __init__(self, message: str, *, codec: str | None = None):
-        self.codec = codec
-        super().__init__(message)
 
 
 class OutputError(HelixError):
@@ -166,3 +174,68 @@ class OutputLocked(OutputError):
         if command:
             holder += f" ({command})"
         super().__init__(f"in use by {holder}; wait for it to finish or choose another directory", path=path)
+
+
+class TensorFilterError(HelixError):
+    """A ``--tensors`` regex is invalid or selects no tensor the codec would
+    compress."""
+
+    def __init__(self, message: str, *, pattern: str):
+        self.pattern = pattern
+        super().__init__(message)
+
+
+class EnvironmentSettingError(HelixError):
+    """An environment variable the tool reads has a value it cannot use."""
+
+    def __init__(self, message: str, *, variable: str):
+        self.variable = variable
+        super().__init__(message)
+
+
+class ParamError(ValueError):
+    """A params field has a bad value; ``field`` names it."""
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        self.message = message
+        super().__init__(f"{field}: {message}")
+
+
+class FrontierError(HelixError):
+    """No frontier can be drawn (no table, no candidate with the figure)."""
+
+
+class ArtifactError(HelixError):
+    """An artifact directory is missing, incomplete or does not match its manifest."""
+
+
+class SweepError(HelixError):
+    """A sweep cannot run (too large, invalid points under --strict, no model, ...)."""
+
+
+class SweepTooLarge(SweepError):
+    """The grid has more than MAX_POINTS points."""
+
+
+class GGUFFormatError(ValueError):
+    """The bytes are not a GGUF header this reader understands."""
+
+
+class CorpusError(HelixError):
+    """A needle corpus manifest or document is unusable (not JSON, empty,
+    not UTF-8, or a needle whose value is not exactly once in its document)."""
+
+    def __init__(self, message: str, *, file: str, key: str | None = None):
+        self.file = file
+        self.key = key
+        super().__init__(f"{file}: {f'needle {key!r}: ' if key else ''}{message}")
+
+
+class ErrorFeedbackError(HelixError):
+    """Error feedback cannot run on a tensor, or a codec broke its promise
+    (encode of the quantized columns did not reproduce them); ``codec`` names it."""
+
+    def __init__(self, message: str, *, codec: str | None = None):
+        self.codec = codec
+        super().__init__(message)

@@ -19,7 +19,7 @@ from typing import Any, Iterable
 
 import attrs
 
-from helix_framework.errors import HelixError
+from helix_framework.errors import FrontierError, HelixError
 
 #: y option -> (column of the candidates table, label, larger is better)
 Y_FIGURES = {
@@ -31,8 +31,6 @@ X_FIGURES = {"bits": ("bits_per_weight", "bits per weight (codes + codebooks + r
 TOP1_GATE = 0.99
 
 
-class FrontierError(HelixError):
-    """No frontier can be drawn (no table, no candidate with the figure)."""
 
 
 @attrs.frozen

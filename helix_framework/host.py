@@ -34,7 +34,7 @@ from helix_framework import hookspecs
 from helix_framework.codec import Codec
 from helix_framework.compressor import Compressor
 from helix_framework.errors import DuplicateNameError, PluginError, UnknownNameError
-from helix_framework.measurement import Measurement
+from helix_framework.measurement import AGGREGATES, Measurement
 from helix_framework.rotation import Rotation
 
 log = logging.getLogger(__name__)
@@ -358,6 +358,9 @@ def _validated(kind: str, obj: Any, info: PluginInfo) -> Registration:
     if params is not None and not attrs.has(params):
         raise TypeError(f"{kind} {name!r} from {info.name}: Params must be an attrs class")
     _check_default_params(kind, name, obj, params, info)
+    if kind == "measurement" and obj.aggregate not in AGGREGATES:
+        raise TypeError(f"measurement {name!r} from {info.name}: aggregate must be one of {', '.join(AGGREGATES)}, "
+                        f"got {obj.aggregate!r}")
     if kind == "codec":
         from helix_jit.lanes import LaneWidth
 

@@ -403,11 +403,14 @@ def weighted_assign(x: np.ndarray, weights: np.ndarray, centroids: np.ndarray) -
     c = np.asarray(centroids, dtype=np.float64)
     labels = np.empty(x.shape[0], dtype=np.int64)
     dist = np.empty(x.shape[0])
+    # sum_j a (x - c)^2 = sum_j a x^2 + [a, a x] . [c^2, -2 c]: one product per chunk
+    rhs = np.concatenate([c * c, -2.0 * c], axis=1).T
     for i in range(0, x.shape[0], _CHUNK):
         xa, aa = x[i : i + _CHUNK], a[i : i + _CHUNK]
-        d = (aa * xa * xa).sum(axis=1)[:, None] - 2.0 * (aa * xa) @ c.T + aa @ (c * c).T
-        labels[i : i + _CHUNK] = np.argmin(d, axis=1)
-        dist[i : i + _CHUNK] = np.maximum(d[np.arange(d.shape[0]), labels[i : i + _CHUNK]], 0.0)
+        d = np.concatenate([aa, aa * xa], axis=1) @ rhs
+        lab = np.argmin(d, axis=1)
+        labels[i : i + _CHUNK] = lab
+        dist[i : i + _CHUNK] = np.maximum(d[np.arange(d.shape[0]), lab] + (aa * xa * xa).sum(axis=1), 0.0)
     return labels, dist
 
 

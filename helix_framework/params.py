@@ -18,14 +18,9 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable
 
+from helix_framework.errors import ParamError
 
-class ParamError(ValueError):
-    """A params field has a bad value; ``field`` names it."""
-
-    def __init__(self, field: str, message: str):
-        self.field = field
-        self.message = message
-        super().__init__(f"{field}: {message}")
+__all__ = ["ParamError", "codegen_false", "in_range", "one_of", "power_of_two"]
 
 
 def codegen_false() -> dict[str, Any]:

@@ -73,7 +73,7 @@ def _schemas() -> tuple[Any, Any]:
             ("rows", s),
             ("rel_l2", f), ("icc_3_1", f), ("calibration_rel_l2", f), ("calibration_icc_3_1", f),
             ("in_sample", b), ("metrics", s),
-            ("bits_per_weight", f), ("code_bpw", f), ("codebook_bpw", f), ("rotation_bpw", f), ("total_bits", f),
+            ("bits_per_weight", f), ("code_bpw", f), ("overhead_bpw", f), ("rotation_bpw", f), ("total_bits", f),
             ("fit_s", f), ("encode_s", f), ("decode_s", f), ("measure_s", f), ("flags", s),
         ]]
     )

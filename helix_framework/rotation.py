@@ -27,6 +27,9 @@ Methods:
   must override it to be used in a data-aware candidate.
 - ``takes_stats = True``: ``fit`` also receives ``stats=`` (the layer
   statistics in the original basis, or None when the candidate is data-free).
+- ``takes_codec = True``: ``fit`` also receives ``codec=``, the candidate's
+  codec instance (with ``codec_params`` its params), for rotations that
+  search their own parameters by running the codec (awq).
 """
 
 from __future__ import annotations
@@ -59,6 +62,8 @@ class Rotation:
     orthogonal: ClassVar[bool] = False
     #: fit accepts ``stats=`` (see the module docstring).
     takes_stats: ClassVar[bool] = False
+    #: fit accepts ``codec=`` (see the module docstring).
+    takes_codec: ClassVar[bool] = False
 
     def validate(self, params: Any) -> None:
         """Cross-field checks; raise ConfigError(path=...) on a bad value."""

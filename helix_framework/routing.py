@@ -38,7 +38,7 @@ from typing import Any, Iterable, Sequence
 
 import attrs
 
-from helix_framework.errors import ConfigError
+from helix_framework.errors import ConfigError, TensorFilterError
 
 ROUTES = ("passthrough", "skip", "codec")
 #: Tensors with fewer elements than this are skipped.
@@ -247,4 +247,38 @@ def route_tensor(name: str, shape: Sequence[int], rules: Any = ()) -> RouteDecis
     return RouteDecision("codec", f"{kind}: 2-D {list(shape)}", rule_id)
 
 
-__all__ = ["MIN_ELEMENTS", "ROUTES", "RouteDecision", "module_segments", "route_tensor", "split_segments"]
+# -- --tensors: a user's subset of the codec tensors ----------------------------
+
+#: the reason recorded for a codec tensor that ``--tensors`` left out
+NOT_SELECTED = "not selected by --tensors; kept as is"
+
+
+def tensor_selector(pattern: str | None) -> re.Pattern[str] | None:
+    """The compiled ``--tensors`` regex (searched in each full tensor name), or
+    None when every tensor is selected."""
+    if not pattern:
+        return None
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise TensorFilterError(f"--tensors {pattern!r}: invalid regular expression: {exc}", pattern=pattern) from None
+
+
+def require_selection(selector: re.Pattern[str] | None, tensors: Iterable[Any], rules: Any = ()) -> None:
+    """Refuse a selector that leaves the codec nothing: a run that compresses
+    no tensor would look like a result. ``tensors``: objects with ``name`` and
+    ``shape`` (a source's tensor infos)."""
+    if selector is None:
+        return
+    infos = list(tensors)
+    codec = [t.name for t in infos if route_tensor(t.name, t.shape, rules).route == "codec"]
+    if any(selector.search(name) for name in codec):
+        return
+    named = sum(bool(selector.search(t.name)) for t in infos)
+    raise TensorFilterError(
+        f"--tensors {selector.pattern!r} selects none of the {len(codec)} tensors routed to the codec "
+        f"(it matches {named} of {len(infos)} tensor names)", pattern=selector.pattern)
+
+
+__all__ = ["MIN_ELEMENTS", "NOT_SELECTED", "ROUTES", "RouteDecision", "module_segments", "require_selection",
+           "route_tensor", "split_segments", "tensor_selector"]

@@ -69,7 +69,9 @@ from helix_framework.config import (
     read_config_file,
     structure,
 )
-from helix_framework.errors import ConfigError, HelixError
+from helix_framework.errors import ConfigError, HelixError, SweepError, SweepTooLarge
+from helix_framework.summary import aggregate_figures
+from helix_framework.routing import NOT_SELECTED, tensor_selector
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +82,8 @@ CANDIDATE_KEYS = ("params", "rotation", "rows", "in_sample", "routes")
 WORKER_ENV = ("HELIX_JIT_CACHE_DIR", "HELIX_CACHE_DIR", "HELIX_JIT_DISABLE", "HELIX_JIT_THREADS")
 
 
-class SweepError(HelixError):
-    """A sweep cannot run (too large, invalid points under --strict, no model, ...)."""
 
 
-class SweepTooLarge(SweepError):
-    """The grid has more than MAX_POINTS points."""
 
 
 # -- the sweep file ------------------------------------------------------------
@@ -343,7 +341,7 @@ def run_candidate(task: dict[str, Any]) -> dict[str, Any]:
     import helix_jit
     from threadpoolctl import threadpool_limits
 
-    from helix_framework.calibrate import calibrate_matrix, resolve, route_and_read
+    from helix_framework.calibrate import calibrate_matrix, mark_partial, partial_result, resolve, route_and_read
     from helix_framework.host import get_host
     from helix_framework.sources import open_source
 
@@ -356,13 +354,15 @@ def run_candidate(task: dict[str, Any]) -> dict[str, Any]:
         cand = candidate_from_mapping(task["mapping"], host)
         comp = resolve(cand, host)
         want_agree = "token_agreement" in cand.measure
-        selector = re.compile(task["tensors"]) if task.get("tensors") else None
+        selector = tensor_selector(task.get("tensors"))
         weights: dict[str, Any] = {}
+        left_out = 0
         with open_source(task["model"]) as source, helix_jit.record_kernels() as rec, \
                 threadpool_limits(1, "blas"):
             for info in source.tensors():
                 routed = route_and_read(source, info, cand, selector)
                 if routed.route != "codec":
+                    left_out += routed.reason == NOT_SELECTED
                     continue
                 x = routed.rows
                 result = calibrate_matrix(x, info.name, comp)
@@ -389,6 +389,7 @@ def run_candidate(task: dict[str, Any]) -> dict[str, Any]:
         summary.update(_summary_figures(tensor_rows, cand.in_sample))
         summary.update({"calibrate_s": calibrate_s, "agree_s": agree_s})
         if agreement is not None:
+            agreement = mark_partial(agreement, partial_result(len(tensor_rows), left_out))
             lo, hi = agreement["intervals"]["top1"]
             summary.update({
                 "positions": int(agreement["positions"]), "top1": float(agreement["top1"]),
@@ -418,7 +419,7 @@ def _tensor_row(info: Any, x: Any, result: Any) -> dict[str, Any]:
         "calibration_icc_3_1": _nan_to_none(cal.get("icc_3_1")),
         "in_sample": label == "in_sample", "metrics": json.dumps(result.metrics),
         "bits_per_weight": float(result.bits["total_bpw"]), "code_bpw": float(result.bits["code_bpw"]),
-        "codebook_bpw": float(result.bits["codebook_bpw"]), "rotation_bpw": float(result.bits["rotation_bpw"]),
+        "overhead_bpw": float(result.bits["overhead_bpw"]), "rotation_bpw": float(result.bits["rotation_bpw"]),
         "total_bits": float(result.bits["total_bits"]),
         "fit_s": result.timing["fit_s"], "encode_s": result.timing["encode_s"],
         "decode_s": result.timing["decode_s"], "measure_s": result.timing["measure_s"],
@@ -427,17 +428,14 @@ def _tensor_row(info: Any, x: Any, result: Any) -> dict[str, Any]:
 
 
 def _summary_figures(rows: list[dict[str, Any]], in_sample: bool) -> dict[str, Any]:
-    """Means over tensors (as `helix calibrate` reports them) and weighted bits."""
+    """Figures over tensors combined as `helix calibrate` combines them, and weighted bits."""
     if not rows:
         raise SweepError("no tensor was routed to the codec (check the tensors regex)")
     weights = [r["n_rows"] * r["row_dim"] for r in rows]
     label = "in_sample" if in_sample else "held_out"
-    means: dict[str, dict[str, float]] = {}
-    for split in (label, "calibration", "all"):
-        per = [json.loads(r["metrics"])[split] for r in rows]
-        keys = sorted(set.intersection(*(set(p) for p in per)))
-        means[split] = {k: float(sum(p[k] for p in per) / len(per))
-                        for k in keys if not k.endswith(("_n", "_ci_low", "_ci_high"))}
+    per = [json.loads(r["metrics"]) for r in rows]
+    means = {split: {k: v for k, (_, v) in aggregate_figures(per, weights, split).items()}
+             for split in (label, "calibration", "all")}
     flags: dict[str, int] = {}
     for r in rows:
         for f in json.loads(r["flags"]):
@@ -474,22 +472,58 @@ def _run_local(tasks: list[dict[str, Any]], jobs: int, on_result: Callable[[int,
             raise
 
 
+#: environment of a Ray instance this tool starts: everything on loopback, no
+#: usage statistics. Ray replaces a loopback node address with the routable one
+#: (found by a UDP "connect" to 8.8.8.8) unless RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER
+#: is 0, and its head process asks the cloud metadata endpoints
+#: (169.254.169.254, metadata.google.internal) for the provider name even with
+#: usage statistics off; a proxy on a closed loopback port turns those requests
+#: into an immediate "connection refused", while loopback itself bypasses it.
+RAY_LOCAL_ENV = {
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_USAGE_STATS_PROMPT_ENABLED": "0",
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    **{k: "http://127.0.0.1:9" for k in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY")},
+    **{k: "localhost,127.0.0.1,::1" for k in ("no_proxy", "NO_PROXY")},
+}
+
+
+@contextlib.contextmanager
+def _environ(values: Mapping[str, str]) -> Iterator[None]:
+    """``os.environ`` with ``values`` while the block runs (child processes
+    started meanwhile keep them), then as it was."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def _run_ray(tasks: list[dict[str, Any]], jobs: int, address: str | None,
              on_result: Callable[[int, dict[str, Any]], None]) -> None:
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    try:
-        import ray
-    except ImportError:
-        raise SweepError("executor ray needs Ray: pip install 'helix-framework[ray]'") from None
-    env = {"RAY_USAGE_STATS_ENABLED": "0", **{k: os.environ[k] for k in WORKER_ENV if k in os.environ}}
-    started = False
-    if not ray.is_initialized():
-        kwargs: dict[str, Any] = {"log_to_driver": False, "runtime_env": {"env_vars": env}}
-        if address:
-            ray.init(address=address, **kwargs)
-        else:
-            ray.init(num_cpus=jobs, include_dashboard=False, object_store_memory=200 * 1024**2, **kwargs)
-        started = True
+    """Run ``tasks`` as Ray tasks: on the cluster at ``address``, else on a
+    Ray instance started here, bound to 127.0.0.1, dashboard and usage
+    statistics off (`RAY_LOCAL_ENV`)."""
+    with _environ({k: v for k, v in RAY_LOCAL_ENV.items() if not address or k.startswith("RAY_USAGE")}):
+        try:
+            import ray
+        except ImportError:
+            raise SweepError("executor ray needs Ray: pip install 'helix-framework[ray]'") from None
+        env = {"RAY_USAGE_STATS_ENABLED": "0", **{k: os.environ[k] for k in WORKER_ENV if k in os.environ}}
+        started = False
+        if not ray.is_initialized():
+            kwargs: dict[str, Any] = {"log_to_driver": False, "runtime_env": {"env_vars": env}}
+            if address:
+                ray.init(address=address, **kwargs)
+            else:
+                ray.init(num_cpus=jobs, include_dashboard=False, _node_ip_address="127.0.0.1",
+                         object_store_memory=200 * 1024**2, **kwargs)
+            started = True
     try:
         remote = ray.remote(num_cpus=1, max_retries=0)(run_candidate)
         pending = {remote.remote(task): i for i, task in enumerate(tasks)}

@@ -437,3 +437,17 @@ def test_identity_rotation_keeps_the_statistics():
     rows, x = normal_rows(8, 24, seed=15), np.random.default_rng(3).standard_normal((100, 24))
     assert IdentityRotation.orthogonal
     assert testing.check_rotation_stats(IdentityRotation(), NoParams(), rows, x, rtol=1e-9) > 0
+
+
+def test_bits_account_names_its_overhead_parts():
+    from helix_framework.codec import BitsAccount
+
+    rtn = RtnCodec()
+    rows = np.random.default_rng(0).standard_normal((10, 64)).astype(np.float32)
+    state = rtn.fit(rows, RtnParams(bits=4, group_size=32, symmetric=False), np.random.default_rng(0))
+    acct = rtn.bits(state, 10, 64)
+    assert acct.overhead_parts == {"scales": 16 * 20, "zeros": 16 * 20} and acct.overhead_bits == 640
+    assert acct.parts_bpw() == {"scales": 0.5, "zeros": 0.5}
+    assert BitsAccount(100, 400, 50).parts_bpw() == {"overhead": 0.5}  # today's plugins: one unnamed part
+    with pytest.raises(ValueError, match="do not add up"):
+        BitsAccount(100, 400, 50, {"scales": 10})

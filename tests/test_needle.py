@@ -195,12 +195,6 @@ def test_cli_needle_json_with_truncate(capsys):
     assert row["compressor"] == "truncate" and 0 <= row["ci_low"] <= row["rate"] <= row["ci_high"] <= 1
 
 
-def test_cli_needle_answer_is_refused_in_one_line(capsys):
-    assert main(["needle", "--answer"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "not available in this version" in err[0]
-
-
 def test_cli_compress(tmp_path, capsys):
     path = tmp_path / "notes.txt"
     path.write_text("one two three four five six seven eight nine ten\n")

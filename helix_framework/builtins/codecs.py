@@ -258,12 +258,9 @@ class RtnCodec(Codec):
         meta = dict(state.meta)
         n_rows, row_dim = int(n_rows), int(row_dim)
         _, n_groups = self._group(meta, row_dim)
-        per_group = 16 if meta["symmetric"] else 32
-        return BitsAccount(
-            n_weights=n_rows * row_dim,
-            code_bits=meta["bits"] * n_rows * row_dim,
-            overhead_bits=per_group * n_groups * n_rows,
-        )
+        groups = n_groups * n_rows  # one float16 scale each, and a float16 minimum when asymmetric
+        return BitsAccount.of(n_rows * row_dim, meta["bits"] * n_rows * row_dim,
+                              scales=16 * groups, zeros=0 if meta["symmetric"] else 16 * groups)
 
     # -- error feedback -----------------------------------------------------------
 

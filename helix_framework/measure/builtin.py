@@ -14,7 +14,7 @@ from typing import Callable, ClassVar
 
 import numpy as np
 
-from helix_framework.errors import MeasurementError
+from helix_framework.errors import MeasurementError, NotApplicable
 from helix_framework.measure import stats
 from helix_framework.measurement import MeasureContext, Measurement
 
@@ -191,7 +191,7 @@ class OutputRelL2Measurement(Measurement):
         def run() -> dict[str, float]:
             x, y = _rows(context)
             if context.stats is None:
-                return {}  # not applicable: a tensor outside the blocks has no layer inputs
+                raise NotApplicable("no layer inputs: the tensor is outside the decoder blocks")
             if context.stats.hessian.shape[0] != x.shape[1]:
                 raise MeasurementError(f"layer inputs have {context.stats.hessian.shape[0]} features, rows {x.shape[1]}")
             # trace(D H D^T) as float32 BLAS products, summed in float64: a

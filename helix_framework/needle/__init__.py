@@ -7,16 +7,20 @@ a needle survives when its value is still in the compressed text as a whole
 token (`grading`). `run_benchmark` returns rows with the survival rate and
 its Wilson interval, the compression ratio and latency percentiles. Works
 with any registered compressor, so ``truncate`` is benchmarked without
-headroom-ai installed.
+headroom-ai installed. `answers` (``helix needle --answer``) lets a chat
+decoder (`reader`) answer from the compressed text, graded the same way.
 """
 
-from helix_framework.needle.bench import AnswerUnavailable, Row, format_table, load_reader, run_benchmark
-from helix_framework.needle.corpus import CONTENT_TYPES, DEFAULT_DOCS, Corpus, Doc, build_corpus
-from helix_framework.needle.grading import contains_token, count_token
+from helix_framework.needle.answers import AnswerRecord, AnswerRow, AnswerRun, answer_table, ask_plan, run_answers
+from helix_framework.needle.bench import Row, format_table, run_benchmark
+from helix_framework.needle.corpus import CONTENT_TYPES, DEFAULT_DOCS, Corpus, Doc, build_corpus, load_corpus
+from helix_framework.needle.grading import contains_token, count_token, grade_answer
 from helix_framework.needle.harvest import Candidate, Needle, harvest_diff, harvest_python, harvest_text, select_needles
 
 __all__ = [
-    "AnswerUnavailable",
+    "AnswerRecord",
+    "AnswerRow",
+    "AnswerRun",
     "CONTENT_TYPES",
     "Candidate",
     "Corpus",
@@ -24,14 +28,18 @@ __all__ = [
     "Doc",
     "Needle",
     "Row",
+    "answer_table",
+    "ask_plan",
     "build_corpus",
     "contains_token",
     "count_token",
     "format_table",
+    "grade_answer",
     "harvest_diff",
     "harvest_python",
     "harvest_text",
-    "load_reader",
+    "load_corpus",
+    "run_answers",
     "run_benchmark",
     "select_needles",
 ]

@@ -5,9 +5,7 @@ once to ``int(len(text) * ratio)`` characters (no question is passed: one
 compression serves every needle of the document, as a context compressor
 would see it). The compressed text is the exact context the reader gets; a
 needle survives when its value is in that text as a whole token
-(`grading`). With a reader (``--answer``), the same text is the context it
-answers from, and answers are graded the same way, reported separately for
-needles that survived and those that did not (guesses).
+(`grading`). `answers` runs a reader on the same texts (``--answer``).
 
 Each row: needles, survived, survival rate with its 95% Wilson interval,
 pooled compression ratio (output / input characters over the documents),
@@ -25,33 +23,11 @@ import attrs
 import numpy as np
 
 from helix_framework.compressor import Compressor
-from helix_framework.errors import HelixError
 from helix_framework.measure.stats import wilson_interval
 from helix_framework.needle.corpus import CONTENT_TYPES, Corpus
 from helix_framework.needle.grading import contains_token
 
-__all__ = ["AnswerUnavailable", "Row", "format_table", "load_reader", "run_benchmark"]
-
-#: A reader: (context, question) -> answer text.
-Reader = Callable[[str, str], str]
-
-
-class AnswerUnavailable(HelixError):
-    """``--answer`` needs the reference decoder, which this version lacks."""
-
-
-def load_reader() -> Reader:
-    """The SmolLM2-135M-Instruct reader for ``--answer``.
-
-    Not in this version: it needs greedy generation through the reference
-    decoder (`helix_framework.reference`), which is still being built, so
-    this raises `AnswerUnavailable` rather than answer anything itself.
-    """
-    raise AnswerUnavailable(
-        "--answer is not available in this version: SmolLM2 answers need the reference decoder "
-        "(helix_framework.reference), which the needle benchmark is not wired to yet"
-    )
-
+__all__ = ["Row", "format_table", "run_benchmark"]
 
 @attrs.frozen
 class Row:
@@ -69,8 +45,6 @@ class Row:
     p95_ms: float
     fell_back: int
     paths: dict[str, int]
-    answered: int | None = None  # answers right given the needle survived
-    guessed: int | None = None  # answers right although it did not survive
 
     def as_json(self) -> dict[str, Any]:
         return attrs.asdict(self)
@@ -86,11 +60,9 @@ class _Acc:
     ms: list[float] = attrs.Factory(list)
     fell_back: int = 0
     paths: dict[str, int] = attrs.Factory(dict)
-    answered: int = 0
-    guessed: int = 0
 
 
-def _row(ratio: float, name: str, ctype: str, acc: _Acc, with_answers: bool) -> Row:
+def _row(ratio: float, name: str, ctype: str, acc: _Acc) -> Row:
     lo, hi = wilson_interval(acc.survived, acc.needles) if acc.needles else (float("nan"), float("nan"))
     ms = np.asarray(acc.ms, dtype=np.float64)
     return Row(
@@ -100,7 +72,6 @@ def _row(ratio: float, name: str, ctype: str, acc: _Acc, with_answers: bool) -> 
         p50_ms=float(np.percentile(ms, 50)) if ms.size else float("nan"),
         p95_ms=float(np.percentile(ms, 95)) if ms.size else float("nan"),
         fell_back=acc.fell_back, paths=dict(sorted(acc.paths.items())),
-        answered=acc.answered if with_answers else None, guessed=acc.guessed if with_answers else None,
     )
 
 
@@ -108,8 +79,6 @@ def run_benchmark(
     corpus: Corpus,
     compressors: Mapping[str, Compressor],
     ratios: Sequence[float] = (0.5, 0.25),
-    *,
-    reader: Reader | None = None,
 ) -> list[Row]:
     """Rows per (ratio, compressor, content type), plus an "all" row per
     (ratio, compressor). Only documents with at least one needle are run."""
@@ -141,39 +110,36 @@ def run_benchmark(
                     acc.paths[result.path] = acc.paths.get(result.path, 0) + 1
                 for needle in needles:
                     survived = contains_token(context, needle.value)
-                    right = contains_token(reader(context, needle.question), needle.value) if reader else False
                     for acc in (accs[doc.content_type], accs["all"]):
                         acc.needles += 1
                         acc.survived += int(survived)
-                        acc.answered += int(right and survived)
-                        acc.guessed += int(right and not survived)
             for ctype in (*CONTENT_TYPES, "all"):
                 if accs[ctype].docs:
-                    rows.append(_row(ratio, name, ctype, accs[ctype], reader is not None))
+                    rows.append(_row(ratio, name, ctype, accs[ctype]))
     return rows
 
 
 def table_rows(rows: Sequence[Row]) -> tuple[list[list[str]], list[str]]:
     """Cells and header of the report table (shared by the CLI and the
     markdown of benchmarks/needle.py)."""
-    with_answers = any(r.answered is not None for r in rows)
     header = ["target", "compressor", "type", "docs", "needles", "survived", "rate", "95% CI", "ratio",
               "p50 ms", "p95 ms", "fell back"]
-    if with_answers:
-        header += ["answered|survived", "answered|lost"]
     cells = []
     for r in rows:
         row = [f"{r.ratio_target:g}", r.compressor, r.content_type, str(r.docs), str(r.needles), str(r.survived),
                f"{r.rate:.3f}", f"[{r.ci_low:.3f}, {r.ci_high:.3f}]", f"{r.ratio:.3f}", f"{r.p50_ms:.2f}",
                f"{r.p95_ms:.2f}", str(r.fell_back)]
-        if with_answers:
-            row += [f"{r.answered}/{r.survived}", f"{r.guessed}/{r.needles - r.survived}"]
         cells.append(row)
     return cells, header
 
 
 def format_table(rows: Sequence[Row], markdown: bool = False) -> str:
     cells, header = table_rows(rows)
+    return render_table(header, cells, markdown)
+
+
+def render_table(header: Sequence[str], cells: Sequence[Sequence[str]], markdown: bool = False) -> str:
+    """Aligned text columns, or a markdown table."""
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
         lines += ["| " + " | ".join(c) + " |" for c in cells]

@@ -27,6 +27,7 @@ import ast
 import difflib
 import hashlib
 import importlib.util
+import json
 import os
 import random
 import re
@@ -37,9 +38,12 @@ from pathlib import Path
 
 import attrs
 
+from helix_framework.bounded_read import read_regular_file
+from helix_framework.errors import CorpusError
+from helix_framework.needle.grading import count_token, token_positions
 from helix_framework.needle.harvest import Candidate, Needle, harvest_diff, harvest_python, harvest_text, select_needles
 
-__all__ = ["CONTENT_TYPES", "Corpus", "Doc", "build_corpus"]
+__all__ = ["CONTENT_TYPES", "Corpus", "Doc", "build_corpus", "load_corpus"]
 
 CONTENT_TYPES: tuple[str, ...] = ("code", "log", "diff", "prose")
 
@@ -336,3 +340,68 @@ def build_corpus(seed: int = 0, docs: dict[str, int] | None = None) -> Corpus:
     parts += _prose_docs(counts.get("prose", 0), seed)
     needles = select_needles((d.doc_id, d.content_type, d.text, cands) for d, cands in parts)
     return Corpus(seed=seed, docs=tuple(d for d, _ in parts), needles=tuple(needles))
+
+
+#: Largest corpus file (manifest or document) read: far more than a reader's window.
+MAX_FILE_BYTES = 64 * 1024 * 1024
+
+
+def _read_document(path: Path) -> str:
+    data = read_regular_file(path, MAX_FILE_BYTES)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CorpusError(f"not UTF-8 (byte {exc.start}: {data[exc.start:exc.start + 1]!r})", file=str(path)) from None
+    if not text.strip():
+        raise CorpusError("document is empty", file=str(path))
+    return text
+
+
+def load_corpus(manifest: str | os.PathLike[str]) -> Corpus:
+    """A corpus of your own documents, from a JSON manifest::
+
+        {"documents": [{"path": "service.log", "content_type": "log",
+                        "needles": [{"key": "retry_limit", "value": "17"}]}]}
+
+    ``path`` is relative to the manifest; ``content_type`` one of
+    `CONTENT_TYPES`; ``id`` optional (default the path). Every document must
+    be non-empty UTF-8, and every needle's value must occur exactly once in
+    its document as a whole token (`grading`), or the question has no single
+    answer. Any violation raises `CorpusError` naming the file (and key); a
+    file that is missing, not a regular file or over `MAX_FILE_BYTES`,
+    `InputFileError`.
+    """
+    where = str(manifest)
+    try:
+        spec = json.loads(read_regular_file(manifest, MAX_FILE_BYTES).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CorpusError(f"not a JSON manifest: {exc}", file=where) from None
+    entries = spec.get("documents") if isinstance(spec, dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise CorpusError('needs a non-empty "documents" list', file=where)
+    docs: list[Doc] = []
+    needles: list[Needle] = []
+    for i, entry in enumerate(entries):
+        ok = isinstance(entry, dict) and isinstance(entry.get("path"), str) and isinstance(entry.get("needles"), list)
+        if not ok or entry.get("content_type") not in CONTENT_TYPES:
+            raise CorpusError(f"documents[{i}] needs path, content_type ({', '.join(CONTENT_TYPES)}) and a "
+                              "needles list", file=where)
+        path = Path(manifest).parent / entry["path"]
+        text = _read_document(path)
+        doc = Doc(str(entry.get("id") or entry["path"]), entry["content_type"], text, str(path))
+        if any(d.doc_id == doc.doc_id for d in docs):
+            raise CorpusError(f"documents[{i}]: id {doc.doc_id!r} used twice", file=where)
+        docs.append(doc)
+        for needle in entry["needles"]:
+            key, value = (needle.get("key"), needle.get("value")) if isinstance(needle, dict) else (None, None)
+            if not (isinstance(key, str) and key and isinstance(value, str) and value.strip() == value and value):
+                raise CorpusError(f"documents[{i}]: each needle needs a non-empty key and value (strings, value "
+                                  "without surrounding spaces)", file=where)
+            n = count_token(text, value, limit=2)
+            if n != 1:
+                problem = "does not occur" if n == 0 else "is not unique: it occurs more than once"
+                raise CorpusError(f"value {value!r} {problem} in the document as a whole token", file=str(path),
+                                  key=key)
+            line = text.count("\n", 0, next(token_positions(text, value))) + 1
+            needles.append(Needle(doc.doc_id, doc.content_type, key, value, line))
+    return Corpus(seed=0, docs=tuple(docs), needles=tuple(needles))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Iterator
 
-__all__ = ["count_token", "contains_token", "token_positions"]
+__all__ = ["count_token", "contains_token", "grade_answer", "token_positions"]
 
 
 def _word(ch: str) -> bool:
@@ -63,3 +63,21 @@ def count_token(text: str, value: str, limit: int | None = None) -> int:
         if limit is not None and n >= limit:
             break
     return n
+
+
+def grade_answer(answer: str, value: str) -> bool:
+    """A reader's answer is correct when ``value`` is a whole token of it,
+    by exactly the rule survival is checked with (`contains_token`), so an
+    answer is never held to another standard than its context.
+
+    Consequences: quotes and sentence punctuation around the value do not
+    matter ("'30'", "30.", "is 30, as set"); the value inside a longer word
+    or number does not count ("api" in "rapid", "1.0" in "11.05" or
+    "1.0.3"); restating the key is harmless since the key is a different
+    token ("The value of retry_1 is 5" does not answer "1"). Case counts, as
+    in survival. A bool is not a number: "1" does not answer "True" or
+    "true" (nor "0" "False"), only a needle whose value is itself "1" is
+    answered by "1"; and "true" does not answer "True". The default corpus
+    has no bool needles (the harvest takes none); a ``--corpus`` may.
+    """
+    return contains_token(answer, value)

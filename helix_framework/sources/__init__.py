@@ -61,6 +61,9 @@ def open_source(path: str | os.PathLike[str]) -> ModelSource:
         raise SourceError("no such file or directory", path=str(p))
     if p.is_dir():
         return HFDirectorySource(p)
+    if not p.is_file():
+        # a FIFO would block the open, a device would read without end
+        raise SourceError("not a regular file (a model is a file or a directory)", path=str(p))
     suffix = p.suffix.lower()
     if suffix == ".safetensors":
         return SafetensorsSource(p)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import abc
 import hashlib
+import json
 import logging
 import math
 from pathlib import Path
@@ -93,6 +94,43 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while n := f.readinto(buf):
             h.update(view[:n])
     return h.hexdigest()
+
+
+class DuplicateKey(ValueError):
+    """A JSON object repeats a key (json keeps the last one silently)."""
+
+    def __init__(self, key: str):
+        self.key = key
+        super().__init__(f"key {key!r} appears twice")
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+def parse_json(text: str | bytes, *, path: str, what: str) -> Any:
+    """Parse a header or config JSON; every failure is one `SourceError`.
+
+    Repeated keys are refused (the reference readers refuse them too, and a
+    repeated tensor name would silently hide one tensor); nesting deeper than
+    the interpreter's recursion limit and numbers past the integer digit
+    limit are errors instead of tracebacks.
+    """
+    try:
+        if isinstance(text, bytes):
+            text = text.decode("utf-8")
+        return json.loads(text, object_pairs_hook=_unique_pairs)
+    except DuplicateKey as exc:
+        raise SourceError(f"corrupt {what}: {exc}", path=path) from None
+    except RecursionError:
+        raise SourceError(f"corrupt {what}: JSON nested too deeply", path=path) from None
+    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
+        raise SourceError(f"corrupt {what}: not valid JSON ({exc})", path=path) from None
 
 
 def bf16_to_float32(u16: np.ndarray) -> np.ndarray:

@@ -81,6 +81,14 @@ class GGUFSource(ModelSource):
             except ValueError:
                 raise SourceError(f"unknown GGUF tensor type {t.ggml_type}", path=str(self.path), tensor=t.name) from None
             block, type_size = gguf.GGML_QUANT_SIZES[qtype]
+            row = t.dims[0] if t.dims else 1
+            if row % block:
+                # rows must split into whole blocks, else the byte size and read() disagree
+                raise SourceError(
+                    f"ragged {qtype.name} data: row length {row} is not a multiple of the block size {block}",
+                    path=str(self.path),
+                    tensor=t.name,
+                )
             shape = tuple(int(d) for d in reversed(t.dims))
             n_bytes = math.prod(t.dims) // block * type_size
             start = header.data_start + t.offset

@@ -9,7 +9,6 @@ in name order), each shard in data order.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from helix_framework.errors import SourceError
-from helix_framework.sources.base import PICKLE_REFUSAL, ModelSource, RawTensor
+from helix_framework.sources.base import PICKLE_REFUSAL, ModelSource, RawTensor, parse_json
 from helix_framework.sources.safetensors_file import SafetensorsFile
 
 logger = logging.getLogger(__name__)
@@ -45,10 +44,10 @@ TOKENIZER_FILES = (
 
 def _load_json(path: Path, what: str) -> Any:
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raw = path.read_bytes()
+    except OSError as exc:
         raise SourceError(f"cannot read {what}: {exc}", path=str(path)) from None
+    return parse_json(raw, path=str(path), what=what)
 
 
 def architecture_of(config: dict[str, Any]) -> str | None:

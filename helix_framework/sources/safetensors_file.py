@@ -11,7 +11,6 @@ file, never a crash later.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -22,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from helix_framework.errors import SourceError
-from helix_framework.sources.base import ModelSource, RawTensor, TensorInfo, bf16_to_float32
+from helix_framework.sources.base import ModelSource, RawTensor, TensorInfo, bf16_to_float32, parse_json
 
 logger = logging.getLogger(__name__)
 
@@ -73,10 +72,7 @@ class SafetensorsFile:
                 raw = f.read(n)
         except OSError as exc:
             raise self._fail(f"cannot read file: {exc}") from None
-        try:
-            header = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise self._fail(f"corrupt safetensors header: not valid JSON ({exc})") from None
+        header = parse_json(raw, path=str(self.path), what="safetensors header")
         if not isinstance(header, dict):
             raise self._fail("corrupt safetensors header: the JSON is not an object")
         self._data_start = 8 + n

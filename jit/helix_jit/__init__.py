@@ -48,6 +48,7 @@ __all__ = [
     "record_kernels",
     "split_widths",
     "supported_lane_widths",
+    "threads",
 ]
 
 _LAZY = {
@@ -69,6 +70,7 @@ _LAZY = {
     "record_kernels": ("helix_jit.cache", "record_kernels"),
     "CacheStats": ("helix_jit.cache", "CacheStats"),
     "KernelUse": ("helix_jit.cache", "KernelUse"),
+    "threads": ("helix_jit._rows", "threads"),
 }
 
 

@@ -10,11 +10,16 @@ _pool: ThreadPoolExecutor | None = None
 
 
 def threads() -> int:
-    """Worker threads: ``$HELIX_JIT_THREADS`` or min(2, cpu count)."""
-    env = os.environ.get("HELIX_JIT_THREADS")
-    if env:
-        return max(1, int(env))
-    return max(1, min(2, os.cpu_count() or 1))
+    """Worker threads: ``$HELIX_JIT_THREADS`` or min(2, cpu count).
+
+    Raises ValueError, naming the variable, when it is set to anything but a
+    positive integer (an empty value counts as unset)."""
+    env = os.environ.get("HELIX_JIT_THREADS", "").strip()
+    if not env:
+        return max(1, min(2, os.cpu_count() or 1))
+    if not env.isdecimal() or int(env) < 1:
+        raise ValueError(f"HELIX_JIT_THREADS must be a positive integer (threads per kernel call); got {env!r}")
+    return int(env)
 
 
 def run_rows(n: int, work_per_row: float, call: Callable[[int, int, int], None], min_work: float = 2e5) -> None:

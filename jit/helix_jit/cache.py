@@ -10,8 +10,12 @@ Level 2: one object file per signature under ``$HELIX_JIT_CACHE_DIR``
 (default ``platformdirs.user_cache_dir("helix-jit")``), written atomically
 (temporary file in the same directory, then ``os.replace``) so concurrent
 writers never leave a torn entry. Each file starts with a header holding the
-payload length and its SHA-256, so a truncated or corrupted file is detected,
-discarded with a logged warning and recompiled.
+payload length and the SHA-256 of the signature together with the payload,
+so a truncated or corrupted file, an entry copied under another signature's
+name, or one written by an older format is detected, discarded with a logged
+warning and recompiled, never executed. Only regular files are read: a FIFO,
+device, directory or symlink under an entry's name is skipped unopened and
+left alone.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import hashlib
 import json
 import logging
 import os
+import stat
 import struct
 import tempfile
 import threading
@@ -31,9 +36,22 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-_MAGIC = b"HELIXJIT1\n"
-_HEADER = struct.Struct("<Q32s")  # payload length, sha256(payload)
+_MAGIC = b"HELIXJIT2\n"  # 1: checksum of the payload alone (entries of that format are recompiled)
+_HEADER = struct.Struct("<Q32s")  # payload length, entry_digest(signature, payload)
 _SUFFIX = ".hjo"
+
+
+def entry_digest(sig: str, payload: bytes) -> bytes:
+    """SHA-256 binding an object to the signature it is stored under."""
+    return hashlib.sha256(b"helix-jit entry\0" + sig.encode("ascii") + b"\0" + payload).digest()
+
+
+def _regular(p: Path) -> bool | None:
+    """True for a regular file, False for anything else, None if absent (symlinks are not followed)."""
+    try:
+        return stat.S_ISREG(os.lstat(p).st_mode)
+    except FileNotFoundError:
+        return None
 
 
 def canonical_json(payload: Any) -> str:
@@ -140,10 +158,24 @@ def signature_lock(sig: str) -> Iterator[None]:
 
 
 def read_disk(sig: str) -> bytes | None:
-    """The stored object for ``sig``, or None (missing, or bad: then removed)."""
+    """The stored object for ``sig``, or None (missing, not a regular file, or
+    bad: then removed)."""
     p = _path(sig)
     try:
-        data = p.read_bytes()
+        regular = _regular(p)
+        if regular is None:
+            return None
+        if not regular:
+            log.warning("helix-jit cache entry %s is not a regular file; skipped, recompiling", p)
+            return None
+        # O_NONBLOCK and O_NOFOLLOW: if the entry was swapped for a FIFO or a
+        # symlink since the check, the open neither blocks nor follows it
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                log.warning("helix-jit cache entry %s is not a regular file; skipped, recompiling", p)
+                return None
+            data = f.read()
     except FileNotFoundError:
         return None
     except OSError as e:
@@ -154,9 +186,11 @@ def read_disk(sig: str) -> bytes | None:
     if ok:
         length, digest = _HEADER.unpack_from(data, len(_MAGIC))
         payload = data[head:]
-        ok = len(payload) == length and hashlib.sha256(payload).digest() == digest
+        ok = len(payload) == length and entry_digest(sig, payload) == digest
     if not ok:
-        log.warning("helix-jit cache entry %s is truncated or corrupt; discarding and recompiling", p)
+        why = ("from an older cache format" if data.startswith(b"HELIXJIT1\n")
+               else "truncated, corrupt or not stored under this signature")
+        log.warning("helix-jit cache entry %s is %s; discarding and recompiling", p, why)
         with contextlib.suppress(OSError):
             p.unlink()
         return None
@@ -164,14 +198,20 @@ def read_disk(sig: str) -> bytes | None:
 
 
 def write_disk(sig: str, obj: bytes) -> None:
-    """Store ``obj`` atomically; failures only warn (the cache is an optimisation)."""
+    """Store ``obj`` atomically; failures only warn (the cache is an optimisation).
+
+    Something other than a regular file under the entry's name is left in place.
+    """
     d = cache_dir()
     try:
         d.mkdir(parents=True, exist_ok=True)
+        if _regular(d / (sig + _SUFFIX)) is False:
+            log.warning("helix-jit cache entry %s is not a regular file; not replacing it", d / (sig + _SUFFIX))
+            return
         fd, tmp = tempfile.mkstemp(prefix=".tmp-" + sig[:16], dir=d)
         try:
             with os.fdopen(fd, "wb") as f:
-                f.write(_MAGIC + _HEADER.pack(len(obj), hashlib.sha256(obj).digest()) + obj)
+                f.write(_MAGIC + _HEADER.pack(len(obj), entry_digest(sig, obj)) + obj)
             os.replace(tmp, d / (sig + _SUFFIX))
         except BaseException:
             with contextlib.suppress(OSError):
@@ -188,8 +228,10 @@ def cache_stats() -> CacheStats:
     if d.is_dir():
         for p in d.glob("*" + _SUFFIX):
             with contextlib.suppress(OSError):
-                size += p.stat().st_size
-                entries += 1
+                st = os.lstat(p)
+                if stat.S_ISREG(st.st_mode):
+                    size += st.st_size
+                    entries += 1
     c = _counters
     return CacheStats(entries, size, c.hits, c.misses, c.disk_loads, c.compiles, round(c.compile_ms, 3))
 
@@ -209,8 +251,9 @@ def clear_cache(*, disk: bool = True) -> int:
         if disk and d.is_dir():
             for p in list(d.glob("*" + _SUFFIX)) + list(d.glob(".tmp-*")):
                 with contextlib.suppress(OSError):
-                    p.unlink()
-                    removed += 1
+                    if _regular(p):  # only what write_disk could have written
+                        p.unlink()
+                        removed += 1
     return removed
 
 

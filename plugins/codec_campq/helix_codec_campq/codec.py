@@ -510,5 +510,5 @@ class CampqCodec(Codec):
         code_bits = n_rows * sum(M * math.ceil(math.log2(st["k_eff"])) for st in meta["stages"])
         per_elem = 16 if meta["lane_width"] == LaneWidth.BF16x32.value else 32
         elements = sum(int(a.size) for key, a in state.arrays.items() if key.endswith(".codebook"))
-        overhead = elements * per_elem + (16 * n_rows if meta["row_scale"] else 0)
-        return BitsAccount(n_weights=n_rows * row_dim, code_bits=code_bits, overhead_bits=overhead)
+        return BitsAccount.of(n_rows * row_dim, code_bits, codebooks=elements * per_elem,
+                              row_scales=16 * n_rows if meta["row_scale"] else 0)

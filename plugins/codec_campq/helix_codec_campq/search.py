@@ -35,15 +35,13 @@ def beam_step(
     new_err = np.empty((n, nb))
     for i in range(0, n, _CHUNK):
         r = resid[i : i + _CHUNK]
-        if weights is None:
-            ar = r
-            cc = np.broadcast_to((c * c).sum(axis=1), (r.shape[0], 1, k))
-        else:
-            a = weights[i : i + _CHUNK][:, None, :]
-            ar = a * r
-            cc = (a[:, 0, :] @ (c * c).T)[:, None, :]
-        d = err[i : i + _CHUNK][:, :, None] - 2.0 * (ar @ c.T) + cc  # ||r - c||^2_a = err - 2 a r.c + a c.c
-        flat = d.reshape(d.shape[0], b * k)
+        m = r.shape[0]
+        # ||r - c||^2_a = err + [a, a r] . [c^2, -2 c]: one product per chunk
+        a = np.ones((m, 1, w)) if weights is None else weights[i : i + _CHUNK][:, None, :]
+        lhs = np.concatenate([np.broadcast_to(a, r.shape), a * r], axis=2)
+        rhs = np.concatenate([c * c, -2.0 * c], axis=1).T
+        d = (lhs.reshape(m * b, 2 * w) @ rhs).reshape(m, b, k) + err[i : i + _CHUNK][:, :, None]
+        flat = d.reshape(m, b * k)
         if nb == 1:
             top = np.argmin(flat, axis=1)[:, None]
         else:
