@@ -27,8 +27,9 @@ from helix_jit.lanes import LaneWidth
 
 GgufType = Literal["Q8_0", "Q5_0", "Q5_1", "Q4_0", "Q4_1", "IQ4_NL", "Q6_K", "Q5_K", "Q4_K", "Q3_K", "Q2_K"]
 
-#: llama.cpp's replacement for a K-quant on rows that are not a multiple of 256.
-FALLBACK = {"Q2_K": "IQ4_NL", "Q3_K": "IQ4_NL", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
+#: llama.cpp's replacement for a K-quant on rows that are not a multiple of 256
+#: (its quantizer's fallback table, as in llama-cpp-python 0.3.36).
+FALLBACK = {"Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
 
 
 def effective_type(qtype: str, row_dim: int) -> str:

@@ -23,8 +23,6 @@ F32 = np.float32
 QK_K = 256
 GROUP_MAX_EPS = F32(1e-15)
 KVALUES_IQ4NL = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], dtype=F32)
-# 2 x the midpoints of consecutive IQ4_NL levels: level i is chosen once x + x reaches MID2[i - 1].
-_IQ4NL_MID2 = (KVALUES_IQ4NL[:-1] + KVALUES_IQ4NL[1:]).astype(F32)
 
 BLOCK = {"Q8_0": 32, "Q5_0": 32, "Q5_1": 32, "Q4_0": 32, "Q4_1": 32, "IQ4_NL": 32,
          "Q6_K": QK_K, "Q5_K": QK_K, "Q4_K": QK_K, "Q3_K": QK_K, "Q2_K": QK_K}
@@ -171,10 +169,7 @@ def _make_qkx(x, w, nmax, rmin, rdelta, nstep, use_mad, v3):
         iscale = _div(F32(rmin) + F32(rdelta) * F32(step) + F32(nmax), mxv - mn)
         with np.errstate(invalid="ignore", over="ignore"):
             v = (iscale[:, None] * (x - mn[:, None])).astype(F32)
-        if v3:
-            lv = np.where(v > 0, _nearest_int(np.minimum(v, F32(nmax))), 0)
-        else:
-            lv = np.clip(_nearest_int(v), 0, nmax)
+        lv = np.clip(_nearest_int(v), 0, nmax)
         lf = lv.astype(F32)
         sum_l = _seqsum(w * lf)
         sum_l2 = _seqsum((w * lf) * lf)
@@ -318,8 +313,12 @@ def q5_1(x, qw=None, n_per_row=None):
 
 
 def _iq4nl_index(v: np.ndarray) -> np.ndarray:
-    v2 = (v + v).astype(F32)
-    return (v2[..., None] >= _IQ4NL_MID2).sum(axis=-1)
+    """llama.cpp's best_index_int8: the nearest level, ties to the upper one,
+    the distances compared in float32 as (x - lo) < (hi - x)."""
+    mu = np.clip(np.searchsorted(KVALUES_IQ4NL, v, side="right"), 1, 15)
+    lo, hi = KVALUES_IQ4NL[mu - 1], KVALUES_IQ4NL[mu]
+    idx = np.where((v - lo).astype(F32) < (hi - v).astype(F32), mu - 1, mu)
+    return np.where(v <= KVALUES_IQ4NL[0], 0, np.where(v >= KVALUES_IQ4NL[15], 15, idx))
 
 
 def iq4_nl(x, qw=None, n_per_row=None):

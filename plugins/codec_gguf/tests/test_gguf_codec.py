@@ -66,7 +66,7 @@ def test_round_trip_and_bits(qtype, tmp_path):
 def test_fallback_table_follows_llama_cpp():
     # 576-wide rows (SmolLM2's hidden size) are not multiples of 256.
     assert {t: effective_type(t, 576) for t in FALLBACK} == {
-        "Q2_K": "IQ4_NL", "Q3_K": "IQ4_NL", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
+        "Q2_K": "Q4_0", "Q3_K": "Q4_0", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
     assert effective_type("Q4_K", 1536) == "Q4_K" and effective_type("Q4_0", 576) == "Q4_0"
     assert effective_type("Q4_K", 40) == "F16" and effective_type("Q8_0", 40) == "F16"
     codec = GgufCodec()
