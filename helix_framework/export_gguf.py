@@ -171,25 +171,20 @@ def export_gguf(directory: str | Path, out_file: str | Path, *, dtype: str = "f1
 
     artifacts.make_output_dir(out_file.parent)
     artifacts.clean_temporaries(out_file.parent)
-    fd, tmp = artifacts._mkstemp(out_file.parent, ".gguf")
-    os.close(fd)
-    try:
-        writer = gguf.GGUFWriter(tmp, arch)
+    n_kv = 0
+
+    def write(f: Any) -> None:
+        nonlocal n_kv
+        writer = gguf.GGUFWriter(None, arch)
         n_kv = _copy_metadata(reader, writer)
         writer.add_string("helix.export", json.dumps(info, sort_keys=True))
         for name, array, raw_dtype in tensors:
             writer.add_tensor(name, array, raw_dtype=raw_dtype)
+        # GGUFWriter opens its own files; hand it the temporary atomic_write made.
+        writer.fout, writer.state = [f], gguf.gguf_writer.WriterState.EMPTY
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
-        writer.close()
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, out_file)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise OutputError.from_oserror(out_file, exc) from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    artifacts.atomic_write(out_file.parent, ".gguf", write, lambda: out_file, where=out_file)
     return {"out": str(out_file), "tensors": len(tensors), "metadata": n_kv + 1, "written": written}

@@ -124,3 +124,14 @@ def test_unknown_architecture_is_one_line_naming_the_field(tmp_path):
         _source_reader({"source": {"kind": "gguf", "path": str(path)}})
     with pytest.raises(ExportError, match=r"field 'source.kind'.*hf_directory"):
         _source_reader({"source": {"kind": "hf_directory", "path": str(tmp_path)}})
+
+
+@pytest.mark.slow
+def test_export_loads_in_llama_cpp_and_answers_paris(runs):
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip builds it from source)")
+    tmp, run, _ = runs
+    path = tmp / "paris.gguf"
+    assert main(["export", str(run), "--format", "gguf", "--out", str(path)]) == 0
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=64, n_threads=1, verbose=False)
+    out = llm("The capital of France is", max_tokens=2, temperature=0.0, top_k=1)
+    assert out["choices"][0]["text"].startswith(" Paris"), out["choices"][0]["text"]

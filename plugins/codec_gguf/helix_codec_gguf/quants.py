@@ -115,6 +115,28 @@ def make_qx_quants(x: np.ndarray, nmax: int, qw: np.ndarray | None = None) -> tu
     return np.where(zero, F32(0), scale).astype(F32), np.where(zero[:, None], 0, L)
 
 
+def _refine(x, w, L, sumlx, suml2, lo, hi, *, sl2_first):
+    """Up to 5 passes of single-code moves, in order, that raise
+    sumlx^2 / suml2 (the weighted fit of a scale); make_q3_quants and
+    make_qp_quants differ only in the bounds and where they test suml2 > 0."""
+    wx = (w * x).astype(F32)
+    for _ in range(5):
+        for i in range(x.shape[1]):
+            li = L[:, i].astype(F32)
+            slx = (sumlx - wx[:, i] * li).astype(F32)
+            sl2 = (suml2 - (w[:, i] * li) * li).astype(F32)
+            new_l = np.clip(_nearest_int(_div(x[:, i] * sl2, slx)), lo, hi)
+            nf = new_l.astype(F32)
+            slx2 = (slx + wx[:, i] * nf).astype(F32)
+            sl22 = (sl2 + (w[:, i] * nf) * nf).astype(F32)
+            upd = (slx > 0) & (new_l != L[:, i]) & ((slx2 * slx2) * suml2 > (sumlx * sumlx) * sl22)
+            upd &= (sl2 > 0) if sl2_first else (sl22 > 0)
+            L[:, i] = np.where(upd, new_l, L[:, i])
+            sumlx = np.where(upd, slx2, sumlx)
+            suml2 = np.where(upd, sl22, suml2)
+    return L, sumlx, suml2
+
+
 def make_q3_quants(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
     """Q3_K's sub-block search: rounding at -nmax/max, then up to 5 passes of
     per-weight moves that improve the x^2-weighted fit."""
@@ -127,20 +149,7 @@ def make_q3_quants(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
     lf = L.astype(F32)
     sumlx = _seqsum((w * x) * lf)
     suml2 = _seqsum((w * lf) * lf)
-    wx = (w * x).astype(F32)
-    for _ in range(5):
-        for i in range(x.shape[1]):
-            li = L[:, i].astype(F32)
-            slx = (sumlx - wx[:, i] * li).astype(F32)
-            sl2 = (suml2 - (w[:, i] * li) * li).astype(F32)
-            new_l = np.clip(_nearest_int(_div(x[:, i] * sl2, slx)), -nmax, nmax - 1)
-            nf = new_l.astype(F32)
-            slx2 = (slx + wx[:, i] * nf).astype(F32)
-            sl22 = (sl2 + (w[:, i] * nf) * nf).astype(F32)
-            upd = (slx > 0) & (new_l != L[:, i]) & (sl22 > 0) & ((slx2 * slx2) * suml2 > (sumlx * sumlx) * sl22)
-            L[:, i] = np.where(upd, new_l, L[:, i])
-            sumlx = np.where(upd, slx2, sumlx)
-            suml2 = np.where(upd, sl22, suml2)
+    L, sumlx, suml2 = _refine(x, w, L, sumlx, suml2, -nmax, nmax - 1, sl2_first=False)
     scale = np.where(suml2 > 0, _div(sumlx, suml2), F32(0))
     return np.where(zero, F32(0), scale).astype(F32), np.where(zero[:, None], 0, L + nmax)
 
@@ -216,20 +225,7 @@ def make_qp_quants(x: np.ndarray, nmax: int, qw: np.ndarray) -> tuple[np.ndarray
     lf = L.astype(F32)
     sumlx = _seqsum((qw * x) * lf)
     suml2 = _seqsum((qw * lf) * lf)
-    wx = (qw * x).astype(F32)
-    for _ in range(5):
-        for i in range(x.shape[1]):
-            li = L[:, i].astype(F32)
-            slx = (sumlx - wx[:, i] * li).astype(F32)
-            sl2 = (suml2 - (qw[:, i] * li) * li).astype(F32)
-            new_l = np.minimum(_nearest_int(_div(x[:, i] * sl2, slx)), nmax)
-            nf = new_l.astype(F32)
-            slx2 = (slx + wx[:, i] * nf).astype(F32)
-            sl22 = (sl2 + (qw[:, i] * nf) * nf).astype(F32)
-            upd = (slx > 0) & (sl2 > 0) & (new_l != L[:, i]) & ((slx2 * slx2) * suml2 > (sumlx * sumlx) * sl22)
-            L[:, i] = np.where(upd, new_l, L[:, i])
-            sumlx = np.where(upd, slx2, sumlx)
-            suml2 = np.where(upd, sl22, suml2)
+    L, sumlx, suml2 = _refine(x, qw, L, sumlx, suml2, None, nmax, sl2_first=True)
     scale = np.where(suml2 > 0, _div(sumlx, suml2), F32(0))
     return np.where(zero, F32(0), scale).astype(F32), np.where(zero[:, None], 0, L)
 
