@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from helix_codec_gguf import GgufCodec, GgufParams
+from helix_framework.layer_stats import LayerStats
 
 llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip builds it from source)")
 
@@ -69,3 +70,39 @@ def test_bytes_equal_llama_model_quantize(qtype, f32_block0, tmp_path):
         assert np.array_equal(ours, theirs), f"{name} {qtype}: {(ours != theirs).sum()} bytes differ"
         compared += 1
     assert compared == 7
+
+
+def _ggml_base() -> ctypes.CDLL:
+    libdir = Path(llama_cpp.__file__).parent / "lib"
+    found = sorted(libdir.glob("libggml-base.so*")) + sorted(libdir.glob("libggml-base*.dylib"))
+    if not found:
+        pytest.skip(f"no libggml-base in {libdir}")
+    lib = ctypes.CDLL(str(found[0]))
+    lib.ggml_quantize_chunk.restype = ctypes.c_size_t
+    lib.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
+                                        ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
+    lib.ggml_quantize_init.argtypes = [ctypes.c_int]
+    return lib
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("qtype", list(FTYPES))
+def test_importance_weighted_bytes_equal_ggml_quantize_chunk(qtype, f32_block0):
+    # llama_model_quantize takes its imatrix as a C++ map, so the weighted path
+    # is checked one level down, on ggml's quantize entry point.
+    lib = _ggml_base()
+    _, rows = f32_block0
+    x = np.ascontiguousarray(rows["blk.0.ffn_down.weight"][:ROWS])  # 1536 wide: every type applies
+    importance = np.exp(np.random.default_rng(0).standard_normal(x.shape[1]) * 1.5).astype(np.float32)
+    qt = gguf.GGMLQuantizationType[qtype]
+    bs, ts = gguf.GGML_QUANT_SIZES[qt]
+    codec = GgufCodec()
+    state = codec.fit(x, GgufParams(type=qtype), np.random.default_rng(0))
+    lib.ggml_quantize_init(int(qt))
+    for weights in (None, importance):
+        theirs = np.zeros((x.shape[0], x.shape[1] // bs * ts), dtype=np.uint8)
+        lib.ggml_quantize_chunk(int(qt), x.ctypes.data, theirs.ctypes.data, 0, x.shape[0], x.shape[1],
+                                None if weights is None else weights.ctypes.data)
+        stats = None if weights is None else LayerStats(hessian=np.diag(weights.astype(np.float64) * 10), n_tokens=10)
+        ours = codec.encode(state, x, stats=stats).arrays["blocks"]
+        assert np.array_equal(ours, theirs), f"{qtype} weights={weights is not None}: {(ours != theirs).sum()} bytes differ"
