@@ -25,22 +25,12 @@ from typing import Any, Callable
 import numpy as np
 
 from helix_framework import artifacts
-from helix_framework.errors import HelixError, OutputError
+from helix_framework.errors import ExportError, OutputError
 
-__all__ = ["ExportError", "export_gguf", "known_architectures"]
+__all__ = ["export_gguf", "known_architectures"]
 
 DTYPES = ("f16", "f32")
 _F16_MAX = 65504.0
-
-
-class ExportError(HelixError):
-    """A calibration output cannot be exported in the requested format."""
-
-    def __init__(self, message: str, *, tensor: str | None = None, field: str | None = None):
-        self.tensor = tensor
-        self.field = field
-        where = f"tensor {tensor!r}: " if tensor else f"field {field!r}: " if field else ""
-        super().__init__(where + message)
 
 
 def known_architectures() -> set[str]:

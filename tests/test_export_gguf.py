@@ -11,7 +11,8 @@ import pytest
 from helix_framework import artifacts
 from helix_framework.calibrate import reconstruct, split_arrays
 from helix_framework.cli import main
-from helix_framework.export_gguf import ExportError, _source_reader, known_architectures
+from helix_framework.errors import ExportError
+from helix_framework.export_gguf import _source_reader, known_architectures
 from helix_framework.host import Host
 from helix_framework.models import resolve_model
 

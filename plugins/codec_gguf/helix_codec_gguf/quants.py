@@ -1,233 +1,29 @@
-"""GGUF block quantizers in numpy, bit for bit as llama.cpp's reference ones.
+"""GGUF block quantizers in numpy, bit for bit as llama.cpp's.
 
 Each quantizer takes float32 blocks ``x`` [n_blocks, block_size] (and, for
 the importance-weighted path, ``qw`` of the same shape: one weight per input
-column, as llama.cpp's ``quant_weights``) and returns the GGUF block bytes
-[n_blocks, type_size]. Everything is vectorised over blocks; the only Python
-loops run over positions inside a block (a block has at most 256 of them),
-because llama.cpp accumulates sums sequentially in float32 and a pairwise
-numpy sum would round differently and flip a few codes.
-
-Arithmetic is float32 throughout, in the same operation order as the C
-code: ``nearest_int`` is round-half-to-even (the 1.5 * 2^23 trick),
-``roundf`` rounds half away from zero, float -> fp16 is round-to-nearest-even.
+column, as llama.cpp's ``quant_weights``; ``n_per_row`` for the types that
+use a whole row's statistics) and returns the GGUF block bytes
+[n_blocks, type_size]: the reference quantizer without ``qw``, the
+``*_impl`` one with it. The shared arithmetic is in `search`.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from helix_codec_gguf.search import (
+    F32, GROUP_MAX_EPS, QK_K, div, first_absmax, fp16, fp16_bytes, make_q3_quants, make_qp_quants,
+    make_qkx, make_qx_quants, nearest_int, pack_nibbles, qh_bits, roundf, seqsum,
+)
+
 __all__ = ["QUANTIZERS", "BLOCK", "TYPE_SIZE", "quantize_blocks"]
 
-F32 = np.float32
-QK_K = 256
-GROUP_MAX_EPS = F32(1e-15)
 KVALUES_IQ4NL = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], dtype=F32)
-
 BLOCK = {"Q8_0": 32, "Q5_0": 32, "Q5_1": 32, "Q4_0": 32, "Q4_1": 32, "IQ4_NL": 32,
          "Q6_K": QK_K, "Q5_K": QK_K, "Q4_K": QK_K, "Q3_K": QK_K, "Q2_K": QK_K}
 TYPE_SIZE = {"Q8_0": 34, "Q5_0": 22, "Q5_1": 24, "Q4_0": 18, "Q4_1": 20, "IQ4_NL": 18,
              "Q6_K": 210, "Q5_K": 176, "Q4_K": 144, "Q3_K": 110, "Q2_K": 84}
-
-
-# ---------------------------------------------------------------- helpers
-
-
-def _seqsum(a: np.ndarray) -> np.ndarray:
-    """Sum over the last axis left to right in float32 (as a C loop does)."""
-    acc = a[..., 0].astype(F32, copy=True)
-    for i in range(1, a.shape[-1]):
-        acc += a[..., i]
-    return acc
-
-
-def _nearest_int(v: np.ndarray) -> np.ndarray:
-    with np.errstate(invalid="ignore"):
-        return np.rint(np.nan_to_num(np.clip(v, -4194303, 4194303))).astype(np.int32)
-
-
-def _roundf(v: np.ndarray) -> np.ndarray:
-    """C roundf: half away from zero."""
-    return (np.sign(v) * np.floor(np.abs(v) + F32(0.5))).astype(F32)
-
-
-def _fp16(v) -> np.ndarray:
-    """Round float32 to fp16 and back (GGML_FP32_TO_FP16 then FP16_TO_FP32)."""
-    return np.asarray(v, dtype=F32).astype(np.float16).astype(F32)
-
-
-def _fp16_bytes(v) -> np.ndarray:
-    return np.asarray(v, dtype=F32).astype(np.float16).reshape(-1, 1).view(np.uint8)
-
-
-def _div(a, b) -> np.ndarray:
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return (np.asarray(a, dtype=F32) / np.asarray(b, dtype=F32)).astype(F32)
-
-
-def _first_absmax(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(amax, the signed value that reaches it first), as C's strict ``>`` scan."""
-    i = np.argmax(np.abs(x), axis=-1)[..., None]
-    mx = np.take_along_axis(x, i, axis=-1)[..., 0]
-    return np.abs(mx), mx
-
-
-def _pack_nibbles(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    return (lo.astype(np.uint8) & 0xF) | ((hi.astype(np.uint8) & 0xF) << 4)
-
-
-def _qh_bits(L: np.ndarray) -> np.ndarray:
-    """Bit 4 of 32 5-bit codes packed little-endian into 4 bytes (Q5_0/Q5_1)."""
-    return np.packbits((L >> 4).astype(np.uint8) & 1, axis=-1, bitorder="little")
-
-
-# ------------------------------------------------------ scale searches
-
-
-def make_qx_quants(x: np.ndarray, nmax: int, qw: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric codes in [0, 2 nmax) and the scale, searched over 18 trial
-    scales minimising the weighted error (rmse_type 1: weights x^2 unless
-    ``qw``)."""
-    amax, mx = _first_absmax(x)
-    zero = amax < GROUP_MAX_EPS
-    mx = np.where(zero, F32(1), mx).astype(F32)
-    w = (x * x).astype(F32) if qw is None else qw.astype(F32)
-    nm = F32(nmax)
-
-    def trial(iscale):
-        lv = np.clip(_nearest_int(iscale[:, None] * x), -nmax, nmax - 1)
-        lf = lv.astype(F32)
-        return lv, _seqsum((w * x) * lf), _seqsum((w * lf) * lf)
-
-    lv, sumlx, suml2 = trial(_div(-nm, mx))
-    L = lv + nmax
-    scale = np.where(suml2 != 0, _div(sumlx, suml2), F32(0)).astype(F32)
-    best = (scale * sumlx).astype(F32)
-    for step in range(-9, 10):
-        if step == 0:
-            continue
-        iscale = _div(-(nm + F32(0.1) * F32(step)), mx)
-        lv, slx, sl2 = trial(iscale)
-        upd = (sl2 > 0) & (slx * slx > best * sl2)
-        L = np.where(upd[:, None], lv + nmax, L)
-        scale = np.where(upd, _div(slx, sl2), scale)
-        best = np.where(upd, scale * slx, best).astype(F32)
-    return np.where(zero, F32(0), scale).astype(F32), np.where(zero[:, None], 0, L)
-
-
-def _refine(x, w, L, sumlx, suml2, lo, hi, *, sl2_first):
-    """Up to 5 passes of single-code moves, in order, that raise
-    sumlx^2 / suml2 (the weighted fit of a scale); make_q3_quants and
-    make_qp_quants differ only in the bounds and where they test suml2 > 0."""
-    wx = (w * x).astype(F32)
-    for _ in range(5):
-        for i in range(x.shape[1]):
-            li = L[:, i].astype(F32)
-            slx = (sumlx - wx[:, i] * li).astype(F32)
-            sl2 = (suml2 - (w[:, i] * li) * li).astype(F32)
-            new_l = np.clip(_nearest_int(_div(x[:, i] * sl2, slx)), lo, hi)
-            nf = new_l.astype(F32)
-            slx2 = (slx + wx[:, i] * nf).astype(F32)
-            sl22 = (sl2 + (w[:, i] * nf) * nf).astype(F32)
-            upd = (slx > 0) & (new_l != L[:, i]) & ((slx2 * slx2) * suml2 > (sumlx * sumlx) * sl22)
-            upd &= (sl2 > 0) if sl2_first else (sl22 > 0)
-            L[:, i] = np.where(upd, new_l, L[:, i])
-            sumlx = np.where(upd, slx2, sumlx)
-            suml2 = np.where(upd, sl22, suml2)
-    return L, sumlx, suml2
-
-
-def make_q3_quants(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
-    """Q3_K's sub-block search: rounding at -nmax/max, then up to 5 passes of
-    per-weight moves that improve the x^2-weighted fit."""
-    amax, mx = _first_absmax(x)
-    zero = amax < GROUP_MAX_EPS
-    mx = np.where(zero, F32(1), mx).astype(F32)
-    iscale = _div(F32(-nmax), mx)
-    L = np.clip(_nearest_int(iscale[:, None] * x), -nmax, nmax - 1)
-    w = (x * x).astype(F32)
-    lf = L.astype(F32)
-    sumlx = _seqsum((w * x) * lf)
-    suml2 = _seqsum((w * lf) * lf)
-    L, sumlx, suml2 = _refine(x, w, L, sumlx, suml2, -nmax, nmax - 1, sl2_first=False)
-    scale = np.where(suml2 > 0, _div(sumlx, suml2), F32(0))
-    return np.where(zero, F32(0), scale).astype(F32), np.where(zero[:, None], 0, L + nmax)
-
-
-def _make_qkx(x, w, nmax, rmin, rdelta, nstep, use_mad, v3):
-    """make_qkx2_quants (``v3`` False) / make_qkx3_quants (True): asymmetric
-    codes [0, nmax] with a scale and a min fitted by weighted least squares
-    over nstep + 1 trial scales. Returns (scale, the_min = -min, L)."""
-    mn = np.minimum(x.min(axis=1), F32(0)).astype(F32)
-    mxv = x.max(axis=1).astype(F32)
-    sum_w = _seqsum(w)
-    sum_x = _seqsum(w * x)
-    flat = (mxv <= mn) if v3 else (mxv == mn)
-    rng_ = np.where(flat, F32(1), mxv - mn).astype(F32)
-    iscale = _div(F32(nmax), rng_)
-    scale = _div(F32(1), iscale)
-    L = np.clip(_nearest_int(iscale[:, None] * (x - mn[:, None])), 0, nmax)
-
-    def err(sc, mnv, lv):
-        d = (sc[:, None] * lv.astype(F32) + mnv[:, None]) - x
-        d = np.abs(d) if use_mad else d * d
-        return _seqsum(w * d)
-
-    best = err(scale, mn, L)
-    for step in range(nstep + 1):
-        iscale = _div(F32(rmin) + F32(rdelta) * F32(step) + F32(nmax), mxv - mn)
-        with np.errstate(invalid="ignore", over="ignore"):
-            v = (iscale[:, None] * (x - mn[:, None])).astype(F32)
-        lv = np.clip(_nearest_int(v), 0, nmax)
-        lf = lv.astype(F32)
-        sum_l = _seqsum(w * lf)
-        sum_l2 = _seqsum((w * lf) * lf)
-        sum_xl = _seqsum((w * lf) * x)
-        D = (sum_w * sum_l2 - sum_l * sum_l).astype(F32)
-        this_scale = _div(sum_w * sum_xl - sum_x * sum_l, D)
-        this_min = _div(sum_l2 * sum_x - sum_l * sum_xl, D)
-        pos = this_min > 0
-        this_min = np.where(pos, F32(0), this_min).astype(F32)
-        this_scale = np.where(pos, _div(sum_xl, sum_l2), this_scale).astype(F32)
-        cur = err(this_scale, this_min, lv)
-        upd = (D > 0) & (cur < best) & ~flat
-        L = np.where(upd[:, None], lv, L)
-        best = np.where(upd, cur, best)
-        scale = np.where(upd, this_scale, scale)
-        mn = np.where(upd, this_min, mn).astype(F32)
-    scale = np.where(flat, F32(0), scale).astype(F32)
-    return scale, (-mn).astype(F32), np.where(flat[:, None], 0, L)
-
-
-def make_qp_quants(x: np.ndarray, nmax: int, qw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Non-negative codes [0, nmax] for the super-block scales of the
-    importance-weighted K-quants (weights ``qw``)."""
-    mx = np.maximum(x.max(axis=1), F32(0)).astype(F32)
-    zero = mx < GROUP_MAX_EPS
-    mx = np.where(zero, F32(1), mx).astype(F32)
-    iscale = _div(F32(nmax), mx)
-    L = _nearest_int(iscale[:, None] * x)
-    scale = _div(F32(1), iscale)
-    d = x - scale[:, None] * L.astype(F32)
-    best = _seqsum((qw * d) * d)
-    for step in range(-4, 5):
-        if step == 0:
-            continue
-        isc = _div(F32(0.1) * F32(step) + F32(nmax), mx)
-        sc = _div(F32(1), isc)
-        lv = np.minimum(_nearest_int(isc[:, None] * x), nmax)
-        d = x - sc[:, None] * lv.astype(F32)
-        mse = _seqsum((qw * d) * d)
-        upd = mse < best
-        best = np.where(upd, mse, best)
-        iscale = np.where(upd, isc, iscale).astype(F32)
-    L = np.minimum(_nearest_int(iscale[:, None] * x), nmax)
-    lf = L.astype(F32)
-    sumlx = _seqsum((qw * x) * lf)
-    suml2 = _seqsum((qw * lf) * lf)
-    L, sumlx, suml2 = _refine(x, qw, L, sumlx, suml2, None, nmax, sl2_first=True)
-    scale = np.where(suml2 > 0, _div(sumlx, suml2), F32(0))
-    return np.where(zero, F32(0), scale).astype(F32), np.where(zero[:, None], 0, L)
 
 
 # ------------------------------------------------------ 32-weight types
@@ -236,7 +32,7 @@ def make_qp_quants(x: np.ndarray, nmax: int, qw: np.ndarray) -> tuple[np.ndarray
 def _row_sigma2(x: np.ndarray, n_per_row: int) -> np.ndarray:
     """sum(x^2) / n over each row's blocks, broadcast back to its blocks."""
     nb = n_per_row // x.shape[1]
-    s = _seqsum(x.reshape(-1, n_per_row) * x.reshape(-1, n_per_row))
+    s = seqsum(x.reshape(-1, n_per_row) * x.reshape(-1, n_per_row))
     return np.repeat((s / F32(n_per_row)).astype(F32), nb)
 
 
@@ -247,15 +43,15 @@ def _imatrix_weights(x, qw, sigma2):
 def q8_0(x, qw=None, n_per_row=None):
     amax = np.abs(x).max(axis=1)
     d = (amax / F32(127)).astype(F32)
-    idv = np.where(d != 0, _div(F32(1), d), F32(0)).astype(F32)
-    qs = _roundf(x * idv[:, None]).astype(np.int8).view(np.uint8)
-    return np.concatenate([_fp16_bytes(d), qs], axis=1)
+    idv = np.where(d != 0, div(F32(1), d), F32(0)).astype(F32)
+    qs = roundf(x * idv[:, None]).astype(np.int8).view(np.uint8)
+    return np.concatenate([fp16_bytes(d), qs], axis=1)
 
 
 def _sym_ref(x, nmax):
-    _, mx = _first_absmax(x)
+    _, mx = first_absmax(x)
     d = (mx / F32(-nmax)).astype(F32)
-    idv = np.where(d != 0, _div(F32(1), d), F32(0)).astype(F32)
+    idv = np.where(d != 0, div(F32(1), d), F32(0)).astype(F32)
     v = (x * idv[:, None] + F32(nmax + 0.5)).astype(F32)
     L = np.minimum(np.trunc(v).astype(np.int8).astype(np.int32), 2 * nmax - 1)
     return d, L
@@ -265,7 +61,7 @@ def _asym_ref(x, nmax):
     mn = x.min(axis=1).astype(F32)
     mx = x.max(axis=1).astype(F32)
     d = ((mx - mn) / F32(nmax)).astype(F32)
-    idv = np.where(d != 0, _div(F32(1), d), F32(0)).astype(F32)
+    idv = np.where(d != 0, div(F32(1), d), F32(0)).astype(F32)
     v = ((x - mn[:, None]) * idv[:, None] + F32(0.5)).astype(F32)
     L = np.trunc(v).astype(np.int32)
     return d, mn, L
@@ -277,7 +73,7 @@ def q4_0(x, qw=None, n_per_row=None):
     else:
         w = _imatrix_weights(x, qw, _row_sigma2(x, n_per_row))
         d, L = make_qx_quants(x, 8, w)
-    return np.concatenate([_fp16_bytes(d), _pack_nibbles(L[:, :16], L[:, 16:])], axis=1)
+    return np.concatenate([fp16_bytes(d), pack_nibbles(L[:, :16], L[:, 16:])], axis=1)
 
 
 def q5_0(x, qw=None, n_per_row=None):
@@ -286,7 +82,7 @@ def q5_0(x, qw=None, n_per_row=None):
     else:
         w = _imatrix_weights(x, qw, _row_sigma2(x, n_per_row))
         d, L = make_qx_quants(x, 16, w)
-    return np.concatenate([_fp16_bytes(d), _qh_bits(L), _pack_nibbles(L[:, :16], L[:, 16:])], axis=1)
+    return np.concatenate([fp16_bytes(d), qh_bits(L), pack_nibbles(L[:, :16], L[:, 16:])], axis=1)
 
 
 def _asym32(x, qw, n_per_row, nmax):
@@ -294,18 +90,18 @@ def _asym32(x, qw, n_per_row, nmax):
         d, m, L = _asym_ref(x, nmax)
         return d, m, np.minimum(L, nmax) if nmax == 15 else L & 0x1F
     w = _imatrix_weights(x, qw, _row_sigma2(x, n_per_row))
-    d, the_min, L = _make_qkx(x, w, nmax, -0.9, 0.05, 36, False, True)
+    d, the_min, L = make_qkx(x, w, nmax, -0.9, 0.05, 36, False, True)
     return d, -the_min, L
 
 
 def q4_1(x, qw=None, n_per_row=None):
     d, m, L = _asym32(x, qw, n_per_row, 15)
-    return np.concatenate([_fp16_bytes(d), _fp16_bytes(m), _pack_nibbles(L[:, :16], L[:, 16:])], axis=1)
+    return np.concatenate([fp16_bytes(d), fp16_bytes(m), pack_nibbles(L[:, :16], L[:, 16:])], axis=1)
 
 
 def q5_1(x, qw=None, n_per_row=None):
     d, m, L = _asym32(x, qw, n_per_row, 31)
-    return np.concatenate([_fp16_bytes(d), _fp16_bytes(m), _qh_bits(L), _pack_nibbles(L[:, :16], L[:, 16:])], axis=1)
+    return np.concatenate([fp16_bytes(d), fp16_bytes(m), qh_bits(L), pack_nibbles(L[:, :16], L[:, 16:])], axis=1)
 
 
 def _iq4nl_index(v: np.ndarray) -> np.ndarray:
@@ -318,29 +114,29 @@ def _iq4nl_index(v: np.ndarray) -> np.ndarray:
 
 
 def iq4_nl(x, qw=None, n_per_row=None):
-    sigma2 = (_seqsum(x * x) * F32(2.0 / 32)).astype(F32)
+    sigma2 = (seqsum(x * x) * F32(2.0 / 32)).astype(F32)
     w = (x * x).astype(F32) if qw is None else _imatrix_weights(x, qw, sigma2)
-    amax, mx = _first_absmax(x)
+    amax, mx = first_absmax(x)
     zero = amax < GROUP_MAX_EPS
     mx = np.where(zero, F32(1), mx).astype(F32)
 
     def fit(idv):
         q = KVALUES_IQ4NL[_iq4nl_index(idv[:, None] * x)]
-        return _seqsum((w * q) * x), _seqsum((w * q) * q)
+        return seqsum((w * q) * x), seqsum((w * q) * q)
 
-    d = _div(mx, F32(127))  # -max / values[0]
-    sumqx, sumq2 = fit(_div(F32(1), d))
-    d = _div(sumqx, sumq2)
+    d = div(mx, F32(127))  # -max / values[0]
+    sumqx, sumq2 = fit(div(F32(1), d))
+    d = div(sumqx, sumq2)
     best = (d * sumqx).astype(F32)
     for itry in range(-7, 8):
-        sqx, sq2 = fit(_div(F32(itry - 127), mx))
+        sqx, sq2 = fit(div(F32(itry - 127), mx))
         upd = (sq2 > 0) & (sqx * sqx > best * sq2)
-        d = np.where(upd, _div(sqx, sq2), d).astype(F32)
+        d = np.where(upd, div(sqx, sq2), d).astype(F32)
         best = np.where(upd, d * sqx, best).astype(F32)
     d = np.where(zero, F32(0), d).astype(F32)
-    idv = np.where(d != 0, _div(F32(1), d), F32(0)).astype(F32)
+    idv = np.where(d != 0, div(F32(1), d), F32(0)).astype(F32)
     L = _iq4nl_index(idv[:, None] * x)
-    return np.concatenate([_fp16_bytes(d), _pack_nibbles(L[:, :16], L[:, 16:])], axis=1)
+    return np.concatenate([fp16_bytes(d), pack_nibbles(L[:, :16], L[:, 16:])], axis=1)
 
 
 # ------------------------------------------------------ K-quants (256)
@@ -355,37 +151,37 @@ def _pack2(L: np.ndarray) -> np.ndarray:
 def _requant(x, d, m, lo, hi, keep):
     """Codes nearest_int((x + m) / d) clipped, keeping ``keep`` where d == 0."""
     ok = d != 0
-    v = _div(x + m, np.where(ok, d, F32(1)))
-    return np.where(ok, np.clip(_nearest_int(v), lo, hi), keep)
+    v = div(x + m, np.where(ok, d, F32(1)))
+    return np.where(ok, np.clip(nearest_int(v), lo, hi), keep)
 
 
 def q2_k(x, qw=None, n_per_row=None):
     nb = x.shape[0]
     xs = x.reshape(nb * 16, 16)
     if qw is None:
-        sc, mins, L = _make_qkx(xs, np.abs(xs).astype(F32), 3, -0.5, 0.1, 15, True, False)
+        sc, mins, L = make_qkx(xs, np.abs(xs).astype(F32), 3, -0.5, 0.1, 15, True, False)
         sc, mins = sc.reshape(nb, 16), mins.reshape(nb, 16)
         max_scale = np.maximum(sc.max(axis=1), F32(0))
         max_min = np.maximum(mins.max(axis=1), F32(0))
-        ls = np.where(max_scale[:, None] > 0, _nearest_int(_div(F32(15), max_scale)[:, None] * sc), 0)
-        lm = np.where(max_min[:, None] > 0, _nearest_int(_div(F32(15), max_min)[:, None] * mins), 0)
+        ls = np.where(max_scale[:, None] > 0, nearest_int(div(F32(15), max_scale)[:, None] * sc), 0)
+        lm = np.where(max_min[:, None] > 0, nearest_int(div(F32(15), max_min)[:, None] * mins), 0)
         scales = (ls & 0xFF).astype(np.uint8) | ((lm << 4) & 0xFF).astype(np.uint8)
         d = np.where(max_scale > 0, (max_scale / F32(15)).astype(F32), F32(0))
         dmin = np.where(max_min > 0, (max_min / F32(15)).astype(F32), F32(0))
     else:
-        sumx2 = _seqsum(x * x)
+        sumx2 = seqsum(x * x)
         sigma2 = (sumx2 / F32(QK_K)).astype(F32)
         w = _imatrix_weights(xs, qw.reshape(-1, 16), np.repeat(sigma2, 16))
-        sw = _seqsum(w).reshape(nb, 16)
-        sc, mins, L = _make_qkx(xs, w, 3, -0.9, 0.05, 36, False, True)
+        sw = seqsum(w).reshape(nb, 16)
+        sc, mins, L = make_qkx(xs, w, 3, -0.9, 0.05, 36, False, True)
         d, Ls = make_qp_quants(sc.reshape(nb, 16), 15, sw)
         dmin, Lm = make_qp_quants(mins.reshape(nb, 16), 15, sw)
         scales = (Ls | (Lm << 4)).astype(np.uint8)
-    d16, dm16 = _fp16(d), _fp16(dmin)
+    d16, dm16 = fp16(d), fp16(dmin)
     dd = (d16[:, None] * (scales & 0xF).astype(F32)).reshape(-1)
     mm = (dm16[:, None] * (scales >> 4).astype(F32)).reshape(-1)
     L = _requant(xs, dd[:, None], mm[:, None], 0, 3, L).reshape(nb, QK_K)
-    return np.concatenate([scales, _pack2(L), _fp16_bytes(d), _fp16_bytes(dmin)], axis=1)
+    return np.concatenate([scales, _pack2(L), fp16_bytes(d), fp16_bytes(dmin)], axis=1)
 
 
 def _q3_scales_pack(l63: np.ndarray) -> np.ndarray:
@@ -408,20 +204,20 @@ def q3_k(x, qw=None, n_per_row=None):
         i = np.argmax(np.abs(sc), axis=1)[:, None]
         max_scale = np.take_along_axis(sc, i, axis=1)[:, 0]
         nz = max_scale != 0
-        iscale = _div(F32(-32), np.where(nz, max_scale, F32(1)))
-        l = np.clip(_nearest_int(iscale[:, None] * sc), -32, 31) + 32
+        iscale = div(F32(-32), np.where(nz, max_scale, F32(1)))
+        l = np.clip(nearest_int(iscale[:, None] * sc), -32, 31) + 32
         l = np.where(nz[:, None], l, 32)
-        d = np.where(nz, _div(F32(1), iscale), F32(0))
+        d = np.where(nz, div(F32(1), iscale), F32(0))
         packed = np.where(nz[:, None], _q3_scales_pack(l), 0).astype(np.uint8)
     else:
-        sumx2 = _seqsum(x * x)
+        sumx2 = seqsum(x * x)
         sigma2 = (F32(2) * sumx2 / F32(QK_K)).astype(F32)
         w = _imatrix_weights(xs, qw.reshape(-1, 16), np.repeat(sigma2, 16))
-        sw = _seqsum(w).reshape(nb, 16)
+        sw = seqsum(w).reshape(nb, 16)
         sc, L = make_qx_quants(xs, 4, w)
         d, l = make_qx_quants(sc.reshape(nb, 16), 32, sw)
         packed = _q3_scales_pack(l)
-    d16 = _fp16(d)
+    d16 = fp16(d)
     lo = np.concatenate([packed[:, :8] & 0xF, packed[:, :8] >> 4], axis=1).astype(np.int32)
     hi = np.stack([(packed[:, 8 + j % 4] >> (2 * (j // 4))) & 3 for j in range(16)], axis=1).astype(np.int32)
     scv = (lo | (hi << 4)) - 32
@@ -432,7 +228,7 @@ def q3_k(x, qw=None, n_per_row=None):
     for b in range(8):
         hmask |= high[:, b].astype(np.uint8) << b
     L = np.where(L > 3, L - 4, L)
-    return np.concatenate([hmask, _pack2(L), packed, _fp16_bytes(d)], axis=1)
+    return np.concatenate([hmask, _pack2(L), packed, fp16_bytes(d)], axis=1)
 
 
 def _k4_scales_pack(ls: np.ndarray, lm: np.ndarray) -> np.ndarray:
@@ -449,38 +245,38 @@ def _k45(x, qw, nmax, rmin, rdelta, nstep):
     nb = x.shape[0]
     xs = x.reshape(nb * 8, 32)
     if qw is None:
-        av_x = np.sqrt(_seqsum(xs * xs) / F32(32)).astype(F32)
+        av_x = np.sqrt(seqsum(xs * xs) / F32(32)).astype(F32)
         w = (av_x[:, None] + np.abs(xs)).astype(F32)
-        sc, mins, L = _make_qkx(xs, w, nmax, rmin, rdelta, nstep, False, False)
+        sc, mins, L = make_qkx(xs, w, nmax, rmin, rdelta, nstep, False, False)
         sc, mins = sc.reshape(nb, 8), mins.reshape(nb, 8)
         max_scale = np.maximum(sc.max(axis=1), F32(0))
         max_min = np.maximum(mins.max(axis=1), F32(0))
-        inv_s = np.where(max_scale > 0, _div(F32(63), max_scale), F32(0))
-        inv_m = np.where(max_min > 0, _div(F32(63), max_min), F32(0))
-        ls = np.minimum(_nearest_int(inv_s[:, None] * sc) & 0xFF, 63)
-        lm = np.minimum(_nearest_int(inv_m[:, None] * mins) & 0xFF, 63)
+        inv_s = np.where(max_scale > 0, div(F32(63), max_scale), F32(0))
+        inv_m = np.where(max_min > 0, div(F32(63), max_min), F32(0))
+        ls = np.minimum(nearest_int(inv_s[:, None] * sc) & 0xFF, 63)
+        lm = np.minimum(nearest_int(inv_m[:, None] * mins) & 0xFF, 63)
         d = (max_scale / F32(63)).astype(F32)
         dmin = (max_min / F32(63)).astype(F32)
     else:
-        sigma2 = (F32(2) * _seqsum(x * x) / F32(QK_K)).astype(F32)
+        sigma2 = (F32(2) * seqsum(x * x) / F32(QK_K)).astype(F32)
         w = _imatrix_weights(xs, qw.reshape(-1, 32), np.repeat(sigma2, 8))
-        sw = _seqsum(w).reshape(nb, 8)
-        sc, mins, L = _make_qkx(xs, w, nmax, -0.9, 0.05, 36, False, True)
+        sw = seqsum(w).reshape(nb, 8)
+        sc, mins, L = make_qkx(xs, w, nmax, -0.9, 0.05, 36, False, True)
         d, ls = make_qp_quants(sc.reshape(nb, 8), 63, sw)
         dmin, lm = make_qp_quants(mins.reshape(nb, 8), 63, sw)
         ls, lm = np.minimum(ls, 63), np.minimum(lm, 63)
-    d16, dm16 = _fp16(d), _fp16(dmin)
+    d16, dm16 = fp16(d), fp16(dmin)
     dd = (d16[:, None] * ls.astype(F32)).reshape(-1)
     mm = (dm16[:, None] * lm.astype(F32)).reshape(-1)
     L = _requant(xs, dd[:, None], mm[:, None], 0, nmax, L).reshape(nb, QK_K)
-    head = np.concatenate([_fp16_bytes(d), _fp16_bytes(dmin), _k4_scales_pack(ls, lm)], axis=1)
+    head = np.concatenate([fp16_bytes(d), fp16_bytes(dmin), _k4_scales_pack(ls, lm)], axis=1)
     return head, L
 
 
 def q4_k(x, qw=None, n_per_row=None):
     head, L = _k45(x, qw, 15, -1.0, 0.1, 20)
     L = L.reshape(-1, 4, 2, 32)
-    qs = _pack_nibbles(L[:, :, 0], L[:, :, 1]).reshape(-1, 128)
+    qs = pack_nibbles(L[:, :, 0], L[:, :, 1]).reshape(-1, 128)
     return np.concatenate([head, qs], axis=1)
 
 
@@ -491,7 +287,7 @@ def q5_k(x, qw=None, n_per_row=None):
     for k in range(4):
         qh |= ((L[:, k, 0] >> 4) & 1).astype(np.uint8) << (2 * k)
         qh |= ((L[:, k, 1] >> 4) & 1).astype(np.uint8) << (2 * k + 1)
-    qs = _pack_nibbles(L[:, :, 0] & 0xF, L[:, :, 1] & 0xF).reshape(-1, 128)
+    qs = pack_nibbles(L[:, :, 0] & 0xF, L[:, :, 1] & 0xF).reshape(-1, 128)
     return np.concatenate([head, qh, qs], axis=1)
 
 
@@ -503,18 +299,18 @@ def q6_k(x, qw=None, n_per_row=None):
     i = np.argmax(np.abs(sc), axis=1)[:, None]
     max_scale = np.take_along_axis(sc, i, axis=1)[:, 0]
     zero = np.abs(max_scale) < GROUP_MAX_EPS
-    iscale = _div(F32(-128), np.where(zero, F32(1), max_scale))
-    scales = np.minimum(_nearest_int(iscale[:, None] * sc), 127)
+    iscale = div(F32(-128), np.where(zero, F32(1), max_scale))
+    scales = np.minimum(nearest_int(iscale[:, None] * sc), 127)
     scales = np.where(zero[:, None], 0, scales)
-    d = np.where(zero, F32(0), _div(F32(1), iscale))
-    d16 = _fp16(d)
+    d = np.where(zero, F32(0), div(F32(1), iscale))
+    d16 = fp16(d)
     dd = (d16[:, None] * scales.astype(F32)).reshape(-1)
     L = _requant(xs, dd[:, None], F32(0), -32, 31, L - 32).reshape(nb, QK_K) + 32
     L = np.where(zero[:, None], 0, L).astype(np.uint8).reshape(nb, 2, 4, 32)
     ql = np.concatenate([L[:, :, 0] & 0xF | ((L[:, :, 2] & 0xF) << 4),
                          L[:, :, 1] & 0xF | ((L[:, :, 3] & 0xF) << 4)], axis=2).reshape(nb, 128)
     qh = ((L[:, :, 0] >> 4) | ((L[:, :, 1] >> 4) << 2) | ((L[:, :, 2] >> 4) << 4) | ((L[:, :, 3] >> 4) << 6))
-    return np.concatenate([ql, qh.reshape(nb, 64), scales.astype(np.int8).view(np.uint8), _fp16_bytes(d)], axis=1)
+    return np.concatenate([ql, qh.reshape(nb, 64), scales.astype(np.int8).view(np.uint8), fp16_bytes(d)], axis=1)
 
 
 QUANTIZERS = {"Q8_0": q8_0, "Q5_0": q5_0, "Q5_1": q5_1, "Q4_0": q4_0, "Q4_1": q4_1, "IQ4_NL": iq4_nl,
