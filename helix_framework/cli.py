@@ -165,7 +165,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from helix_framework.export_gguf import export_gguf
     from helix_framework.host import get_host
 
-    result = export_gguf(args.dir, args.out, dtype=args.dtype, host=get_host())
+    result = export_gguf(args.dir, args.out, dtype=args.dtype, host=get_host(), progress=sys.stderr.isatty())
     kinds = Counter(result["written"].values())
     print(f"wrote {result['tensors']} tensors and {result['metadata']} metadata keys to {result['out']}")
     for how, n in sorted(kinds.items()):

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -119,7 +119,7 @@ def _tensor(entry: dict[str, Any], plan: str, dtype: str, directory: Path, manif
 
 
 def export_gguf(directory: str | Path, out_file: str | Path, *, dtype: str = "f16", host: Any = None,
-                progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+                progress: bool = False) -> dict[str, Any]:
     """Write the calibration in ``directory`` as the GGUF ``out_file``.
 
     Returns ``{"out", "tensors", "metadata", "written": {name: how}}`` where
@@ -149,13 +149,15 @@ def export_gguf(directory: str | Path, out_file: str | Path, *, dtype: str = "f1
 
     tensors, written = [], {}
     entries = manifest["tensors"]
-    for i, entry in enumerate(entries):
+    if progress:
+        from tqdm import tqdm
+
+        entries = tqdm(entries, desc="export", unit="tensor", leave=False)
+    for entry in entries:
         plan = _plan(entry, manifest)
         array, raw_dtype, written_type = _tensor(entry, plan, dtype, directory, manifest, host)
         tensors.append((entry["name"], array, raw_dtype))
         written[entry["name"]] = f"{plan} {written_type}"
-        if progress:
-            progress(i + 1, len(entries))
     info = {"candidate": manifest["config"]["name"], "codec": manifest["codec"]["name"],
             "rotation": manifest["rotation"]["name"], "dtype": dtype, "tensors": written}
 
