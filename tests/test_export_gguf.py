@@ -128,8 +128,18 @@ def test_unknown_architecture_is_one_line_naming_the_field(tmp_path):
 
 
 @pytest.mark.slow
-def test_export_loads_in_llama_cpp_and_answers_paris(runs):
+def test_export_loads_in_llama_cpp_and_answers_paris(runs, monkeypatch):
     llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip builds it from source)")
+    # A native build enables ggml's AMX kernels, which crash (SIGSEGV in ggml_backend_amx_mul_mat)
+    # where the kernel does not grant AMX state; the extra buffer types are a speed-up only.
+    default = llama_cpp.llama_cpp.llama_model_default_params
+
+    def without_extra_buffers():
+        params = default()
+        params.use_extra_bufts = False
+        return params
+
+    monkeypatch.setattr(llama_cpp.llama_cpp, "llama_model_default_params", without_extra_buffers)
     tmp, run, _ = runs
     path = tmp / "paris.gguf"
     assert main(["export", str(run), "--format", "gguf", "--out", str(path)]) == 0

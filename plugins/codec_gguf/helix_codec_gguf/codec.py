@@ -69,8 +69,7 @@ class GgufCodec(Codec):
     def fit(self, rows: np.ndarray, params: GgufParams, rng: np.random.Generator, stats=None) -> CodecState:
         row_dim = int(np.shape(rows)[1])
         eff = effective_type(params.type, row_dim)
-        return CodecState(meta={"type": params.type, "effective_type": eff, "row_dim": row_dim,
-                                "importance": stats is not None})
+        return CodecState(meta={"type": params.type, "effective_type": eff, "row_dim": row_dim})
 
     def encode(self, state: CodecState, rows: np.ndarray, stats=None) -> Codes:
         eff = state.meta["effective_type"]
@@ -78,7 +77,7 @@ class GgufCodec(Codec):
         if eff == "F16":
             return Codes({"blocks": x.astype(np.float16).view(np.uint8)})
         weights = None
-        if stats is not None and state.meta.get("importance", True):
+        if stats is not None:  # the importance of each column: its mean square input
             weights = (np.asarray(stats.diag, dtype=np.float64) / max(stats.n_tokens, 1)).astype(np.float32)
         return Codes({"blocks": quantize_blocks(x, eff, weights)})
 
