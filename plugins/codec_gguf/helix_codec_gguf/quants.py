@@ -67,21 +67,20 @@ def _asym_ref(x, nmax):
     return d, mn, L
 
 
-def q4_0(x, qw=None, n_per_row=None):
+def _sym32(x, qw, n_per_row, nmax):
+    """Scale and codes [0, 2 nmax) of Q4_0/Q5_0 (reference, or imatrix search)."""
     if qw is None:
-        d, L = _sym_ref(x, 8)
-    else:
-        w = _imatrix_weights(x, qw, _row_sigma2(x, n_per_row))
-        d, L = make_qx_quants(x, 8, w)
+        return _sym_ref(x, nmax)
+    return make_qx_quants(x, nmax, _imatrix_weights(x, qw, _row_sigma2(x, n_per_row)))
+
+
+def q4_0(x, qw=None, n_per_row=None):
+    d, L = _sym32(x, qw, n_per_row, 8)
     return np.concatenate([fp16_bytes(d), pack_nibbles(L[:, :16], L[:, 16:])], axis=1)
 
 
 def q5_0(x, qw=None, n_per_row=None):
-    if qw is None:
-        d, L = _sym_ref(x, 16)
-    else:
-        w = _imatrix_weights(x, qw, _row_sigma2(x, n_per_row))
-        d, L = make_qx_quants(x, 16, w)
+    d, L = _sym32(x, qw, n_per_row, 16)
     return np.concatenate([fp16_bytes(d), qh_bits(L), pack_nibbles(L[:, :16], L[:, 16:])], axis=1)
 
 
