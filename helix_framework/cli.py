@@ -162,6 +162,20 @@ def cmd_decode(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from helix_framework.export_gguf import export_gguf
+    from helix_framework.host import get_host
+
+    result = export_gguf(args.dir, args.out, dtype=args.dtype, host=get_host(), progress=sys.stderr.isatty())
+    kinds = Counter(result["written"].values())
+    print(f"wrote {result['tensors']} tensors and {result['metadata']} metadata keys to {result['out']}")
+    for how, n in sorted(kinds.items()):
+        print(f"  {n:4d}  {how}")
+    return EXIT_OK
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from helix_framework.artifacts import read_manifest
     from helix_framework.calibrate import mark_partial, partial_of
@@ -583,6 +597,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="FILE.safetensors",
                    help="the model file to write (side files such as tokenizer.json go beside it)")
     p.set_defaults(func=cmd_decode)
+
+    p = sub.add_parser("export", help="write a calibration output as a GGUF file llama.cpp loads")
+    p.add_argument("dir", metavar="DIR", help="a calibration output directory (GGUF source)")
+    p.add_argument("--format", required=True, choices=["gguf"], help="the output format")
+    p.add_argument("--out", required=True, metavar="FILE.gguf", help="the file to write (atomically)")
+    p.add_argument("--dtype", choices=["f16", "f32"], default="f16",
+                   help="type of tensors whose codec has no GGUF form (default f16)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("compare", help="summaries of calibration outputs side by side")
     p.add_argument("dirs", nargs="+", metavar="DIR", help="calibration output directories, one column each")

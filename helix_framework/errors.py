@@ -125,6 +125,16 @@ class NotApplicable(HelixError):
         self.reason = reason
         super().__init__(reason)
 
+class ExportError(HelixError):
+    """A calibration output cannot be exported in the requested format (names
+    the tensor or the metadata field at fault)."""
+
+    def __init__(self, message: str, *, tensor: str | None = None, field: str | None = None):
+        self.tensor = tensor
+        self.field = field
+        where = f"tensor {tensor!r}: " if tensor else f"field {field!r}: " if field else ""
+        super().__init__(where + message)
+
 
 class MeasurementError(HelixError):
     """A measurement cannot be computed on this input (never a placeholder)."""
