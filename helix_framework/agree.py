@@ -83,15 +83,20 @@ def weights_from_artifacts(directory: str | Path, source: ModelSource, host: Any
 
 
 def weights_from_config(source: ModelSource, candidate: CandidateConfig, host: Any,
-                        tensors: str | None = None) -> dict[str, np.ndarray]:
+                        tensors: str | None = None,
+                        on_tensor: Callable[[int, int, str], None] | None = None) -> dict[str, np.ndarray]:
     """Fit every routed matrix in memory (on its calibration rows, exactly as
-    `helix calibrate` does) and keep the reconstructions."""
+    `helix calibrate` does) and keep the reconstructions. ``on_tensor(i, n,
+    name)`` is called before each tensor; an exception it raises stops the fit."""
     comp = resolve(candidate, host)
     selector = tensor_selector(tensors)
     require_selection(selector, source.tensors(), candidate.routes)
     seed = candidate.rows.seed
     out = {}
-    for info in source.tensors():
+    infos = source.tensors()
+    for i, info in enumerate(infos):
+        if on_tensor is not None:
+            on_tensor(i, len(infos), info.name)
         routed = route_and_read(source, info, candidate, selector)
         if routed.route == "codec":
             split = split_rows(routed.rows.shape[0], candidate.rows, candidate.in_sample, info.name)

@@ -21,7 +21,7 @@ import stat
 import time
 import zlib
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import attrs
 import numpy as np
@@ -304,8 +304,13 @@ def calibrate(
     tensors: str | None = None,
     host: Any = None,
     progress: bool = False,
+    on_tensor: Callable[[int, int, str], None] | None = None,
 ) -> CalibrationSummary:
     """Calibrate every routed tensor of ``model`` and write artifacts to ``out_dir``.
+
+    ``on_tensor(i, n, name)`` is called before tensor ``i`` of ``n``; an
+    exception it raises stops the run like an interrupt (`helix serve`
+    reports progress and cancels jobs through it).
 
     ``out_dir`` is created only once the model has opened and every tensor
     is one decode can rebuild, and is locked for the run (`outlock`). Only
@@ -327,7 +332,7 @@ def calibrate(
         try:
             with outlock.hold(out, "calibrate"):
                 return _calibrate_locked(source, model, candidate, comp, out, tensors, selector, host, progress,
-                                         started)
+                                         started, on_tensor)
         except BaseException:
             if created:  # leave no empty output directory behind
                 for d in (out / artifacts.TENSOR_DIR, out):
@@ -349,7 +354,7 @@ def _previous_manifest(out: Path) -> dict[str, Any] | None:
 
 def _calibrate_locked(source: ModelSource, model: Path, candidate: CandidateConfig, comp: Components, out: Path,
                       tensors: str | None, selector: Any, host: Any, progress: bool,
-                      started: float) -> CalibrationSummary:
+                      started: float, on_tensor: Callable[[int, int, str], None] | None = None) -> CalibrationSummary:
     tensor_dir = out / artifacts.TENSOR_DIR
     if tensor_dir.is_symlink() or (tensor_dir.exists() and not tensor_dir.is_dir()):
         raise OutputError(f"{artifacts.TENSOR_DIR} is a link or not a directory: artifacts are written inside "
@@ -366,7 +371,9 @@ def _calibrate_locked(source: ModelSource, model: Path, candidate: CandidateConf
         with helix_jit.record_kernels() as recorder, threadpool_limits(1, "blas"):
             infos = source.tensors()
             entries = []
-            for info in _progress(infos, progress, "calibrating"):
+            for i, info in enumerate(_progress(infos, progress, "calibrating")):
+                if on_tensor is not None:
+                    on_tensor(i, len(infos), info.name)
                 entries.append(_calibrate_one(source, info, comp, tensor_dir, selector, written))
             manifest = {
                 "schema_version": artifacts.SCHEMA_VERSION,
