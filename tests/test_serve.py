@@ -184,6 +184,29 @@ def test_calibrate_job_poll_events_and_concurrency(server, tmp_path):
         assert events[-1][0] == "done" and events[-1][1]["result"]["summary"]["candidate"] == "rtn4"
 
 
+SWEEP = ("name: rtn_bits\ncodec: rtn\ngrid:\n  bits: [2, 4, 8]\nfixed:\n  group_size: 32\n"
+         "  rows: {calibration: 256, measurement: 128, seed: 42}\nmeasure: [rel_l2]\ntensors: 'layer\\.0\\.attention'\n")
+
+
+def test_sweep_candidates_and_frontier(server, tmp_path):
+    srv = server()
+    with httpx.Client(base_url=srv.url, timeout=60) as c:
+        r = c.post("/v1/sweep", json={"model": "minilm", "sweep": SWEEP, "db": "results"})
+        assert r.status_code == 202, r.text
+        job = _wait(c, r.json()["job_id"], _done)
+        assert job["state"] == "done" and job["result"]["ok"] == 3
+        rows = c.get("/v1/candidates", params={"db": "results", "order": "-bits_per_weight", "limit": 2}).json()
+        assert rows["count"] == 3 and [x["bits_per_weight"] for x in rows["candidates"]] == [8.5, 4.5]
+        front = c.get("/v1/frontier", params={"db": "results", "y": "rel_l2"}).json()
+        assert [p["x"] for p in front["frontier"]] == [2.5, 4.5, 8.5]
+        ys = [p["y"] for p in front["frontier"]]
+        assert ys == sorted(ys, reverse=True) and 0 < ys[-1] < ys[0] < 1
+        png = c.get("/v1/frontier.png", params={"db": "results", "y": "rel_l2"})
+        assert png.headers["content-type"] == "image/png" and png.content.startswith(b"\x89PNG")
+        assert c.get("/v1/candidates", params={"db": "/etc"}).status_code == 403
+    assert not list((tmp_path / ".helix-serve").glob("tmp*"))  # the plot's temporary directory is gone
+
+
 def test_cancel_running_and_locked_output(server, tmp_path):
     srv = server("--jobs", "2")
     with httpx.Client(base_url=srv.url, timeout=30) as c:

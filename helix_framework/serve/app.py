@@ -183,7 +183,7 @@ async def health(request: Request) -> JSONResponse:
     jobs = lab.store.jobs.values()
     return _json({
         "status": "ok",
-        "models": [k.split(":", 1)[1] for k in lab.warm.keys() if k.startswith("model:")],
+        "models": lab.warm.model_names(),
         "queue": sum(j.state == "queued" for j in jobs),
         "running": sum(j.state == "running" for j in jobs),
         "uptime": round(time.monotonic() - lab.started, 3),

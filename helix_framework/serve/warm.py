@@ -110,9 +110,10 @@ class WarmState:
     def used(self) -> int:
         return sum(size for _, size in self._entries.values())
 
-    def keys(self) -> list[str]:
+    def model_names(self) -> list[str]:
+        """The models held warm, as they were asked for (name or path)."""
         with self._lock:
-            return list(self._entries)
+            return [v.name for v, _ in self._entries.values() if isinstance(v, WarmModel)]
 
     def model(self, name: str) -> tuple[WarmModel, float]:
         """The warm model of ``name`` (an embedded name or a path)."""
