@@ -246,7 +246,9 @@ async def calibrate(request: Request) -> JSONResponse:
             re.compile(tensors)
         except re.error as exc:
             raise RequestError(400, f"invalid regular expression: {exc}", "$.tensors") from None
-    out = lab.roots.path(body.get("out") or str(lab.state_dir / "out" / candidate.name), "$.out")
+    from helix_framework.artifacts import sanitize
+
+    out = lab.roots.path(body.get("out") or str(lab.state_dir / "out" / sanitize(candidate.name)), "$.out")
     _guard_out(lab, out, "$.out")
     record = {"model": model, "candidate": data, "tensors": tensors, "out": str(out)}
     req = {**record, "candidate": candidate}

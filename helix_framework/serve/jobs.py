@@ -50,6 +50,7 @@ class Job:
         self.cancel_requested = threading.Event()
         self._saved_at = 0.0
         self._lock = threading.Lock()
+        self.transition = threading.Lock()  # queued -> running vs queued -> cancelled
 
     @property
     def id(self) -> str:
@@ -134,10 +135,11 @@ class JobStore:
         job.save()
 
         def run() -> None:
-            if job.cancel_requested.is_set():
-                return
-            job.record.update(state=RUNNING, started=time.time())
-            job.save()
+            with job.transition:
+                if job.cancel_requested.is_set():
+                    return
+                job.record.update(state=RUNNING, started=time.time())
+                job.save()
             job.emit(RUNNING, {"state": RUNNING})
             try:
                 result = work(job)
@@ -155,9 +157,10 @@ class JobStore:
 
     def cancel(self, job: Job) -> None:
         """A queued job is cancelled at once; a running one at its next tensor."""
-        job.cancel_requested.set()
-        if job.state == QUEUED:
-            job.finish(CANCELLED, error={"error": "cancelled before it started", "path": None})
+        with job.transition:
+            job.cancel_requested.set()
+            if job.state == QUEUED:
+                job.finish(CANCELLED, error={"error": "cancelled before it started", "path": None})
 
 
 def _read_json(path: Path) -> Any:

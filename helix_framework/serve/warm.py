@@ -70,7 +70,8 @@ class WarmState:
 
     def __init__(self, budget_bytes: int):
         self.budget = budget_bytes
-        self._entries: collections.OrderedDict[str, tuple[Any, int]] = collections.OrderedDict()
+        # key -> (value, its size in bytes now: a model grows when its reference is built)
+        self._entries: collections.OrderedDict[str, tuple[Any, Callable[[Any], int]]] = collections.OrderedDict()
         self._lock = threading.Lock()
         self._loading: dict[str, threading.Lock] = {}
 
@@ -90,15 +91,9 @@ class WarmState:
             value = load()
             seconds = time.perf_counter() - t0
             with self._lock:
-                self._entries[key] = (value, size(value))
+                self._entries[key] = (value, size)
                 self._evict(keep=key)
         return value, seconds
-
-    def resize(self, key: str, size: int) -> None:
-        with self._lock:
-            if key in self._entries:
-                self._entries[key] = (self._entries[key][0], size)
-                self._evict(keep=key)
 
     def _evict(self, keep: str) -> None:
         while self.used > self.budget and len(self._entries) > 1:
@@ -108,7 +103,7 @@ class WarmState:
 
     @property
     def used(self) -> int:
-        return sum(size for _, size in self._entries.values())
+        return sum(size(value) for value, size in list(self._entries.values()))
 
     def model_names(self) -> list[str]:
         """The models held warm, as they were asked for (name or path)."""
