@@ -239,15 +239,29 @@ def test_kill_and_restart_marks_interrupted_and_keeps_old_result(server, tmp_pat
         assert (tmp_path / "out/x/manifest.json").read_bytes() == before
         with c.stream("GET", f"/v1/jobs/{running}/events") as r:
             assert "event: interrupted" in "".join(r.iter_text())
+        # a second server on the same state directory refuses to start
+        r = subprocess.run([sys.executable, "-m", "helix_framework.cli", "serve", "--port", str(_free_port())],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and "in use by process" in r.stderr and "Traceback" not in r.stderr
         # the killed run's lock is stale: a new job takes the directory over
         again = _wait(c, _submit(c, "out/x"), _done)
         assert again["state"] == "done"
 
 
+def _own_logprobs(model, ids):
+    logits = model.forward(ids).astype(np.float64)
+    lp = logits - logits.max(-1, keepdims=True)
+    lp -= np.log(np.exp(lp).sum(-1, keepdims=True))
+    return [float(lp[i - 1, t]) for i, t in enumerate(ids) if i > 0]
+
+
 @pytest.mark.slow
-def test_openai_client_completions_match_reference(server):
+def test_openai_client_completions_match_reference_and_candidate(server, tmp_path):
+    """The reference and a calibrated candidate (a job id), each against helix's own decoder."""
     from openai import OpenAI
 
+    from helix_framework.agree import weights_from_artifacts
+    from helix_framework.host import get_host
     from helix_framework.models import resolve_model
     from helix_framework.reference import load_model, load_tokenizer
     from helix_framework.sources import open_source
@@ -261,17 +275,24 @@ def test_openai_client_completions_match_reference(server):
     source = open_source(resolve_model("smollm2"))
     model, tok = load_model(source), load_tokenizer(source)
     prompt_ids = tok.encode(prompt)
-    new_ids = model.generate(prompt_ids, 4)
-    ids = prompt_ids + new_ids
-    logits = model.forward(ids).astype(np.float64)
-    lp = logits - logits.max(-1, keepdims=True)
-    lp -= np.log(np.exp(lp).sum(-1, keepdims=True))
-    want = [None] + [float(lp[i - 1, t]) for i, t in enumerate(ids) if i > 0]
-
+    ids = prompt_ids + model.generate(prompt_ids, 4)
+    want = _own_logprobs(model, ids)
     assert choice.text == tok.decode(ids)
-    assert len(choice.logprobs.token_logprobs) == len(ids)
-    assert choice.logprobs.token_logprobs[0] is None
-    np.testing.assert_allclose(choice.logprobs.token_logprobs[1:], want[1:], atol=1e-4)
+    assert len(choice.logprobs.token_logprobs) == len(ids) and choice.logprobs.token_logprobs[0] is None
+    np.testing.assert_allclose(choice.logprobs.token_logprobs[1:], want, atol=1e-4)
     for i in range(len(prompt_ids), len(ids)):  # the greedy token is the most likely one listed
-        assert max(choice.logprobs.top_logprobs[i].values()) == pytest.approx(want[i], abs=1e-4)
+        assert max(choice.logprobs.top_logprobs[i].values()) == pytest.approx(want[i - 1], abs=1e-4)
     assert got.usage.prompt_tokens == len(prompt_ids) and got.usage.completion_tokens == 4
+    del model
+
+    with httpx.Client(base_url=srv.url, timeout=60) as c:
+        two_bit = {**RTN, "name": "rtn2", "params": {**RTN["params"], "bits": 2}}
+        r = c.post("/v1/calibrate", json={"model": "smollm2", "candidate": two_bit, "tensors": r"blk\.0\.ffn_down",
+                                           "out": "out/smol"})
+        job = _wait(c, r.json()["job_id"], _done, timeout=600)
+        assert job["state"] == "done", job
+    cand = client.completions.create(model=job["id"], prompt=prompt, max_tokens=0, logprobs=1, echo=True)
+    compressed = load_model(source, weights=weights_from_artifacts(tmp_path / "out/smol", source, get_host()))
+    got_c = cand.choices[0].logprobs.token_logprobs[1:]
+    np.testing.assert_allclose(got_c, _own_logprobs(compressed, prompt_ids), atol=1e-4)
+    assert max(abs(a - b) for a, b in zip(got_c, want)) > 1e-3  # the candidate is not the reference

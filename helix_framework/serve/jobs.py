@@ -24,7 +24,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable
 
-from helix_framework import artifacts
+from helix_framework import artifacts, outlock
 from helix_framework.errors import HelixError
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,10 @@ class JobStore:
     def __init__(self, directory: Path, workers: int):
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
+        # One server per state directory for the life of the process: another
+        # would mark this one's running jobs interrupted (OutputLocked names it).
+        self._lock_cm = outlock.hold(directory, "serve")
+        self._lock_cm.__enter__()
         self.jobs: dict[str, Job] = {}
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="helix-job")
         self._lock = threading.Lock()
