@@ -30,7 +30,7 @@ from pathlib import Path
 import httpx
 
 HELIX = [sys.executable, "-m", "helix_framework.cli"]
-BITS, GROUPS = (3, 4, 5, 6, 8), (32, 64, 128, 256)
+BITS, GROUPS = (3, 4, 5, 6, 8), (16, 32, 64, 192)  # groups divide every row width (576, 1536)
 
 
 def candidate_yaml(bits: int, group: int) -> str:
@@ -68,6 +68,8 @@ def main() -> None:
         cli_top1, t0 = [], time.perf_counter()
         for f in files:
             r = subprocess.run([*agree, str(f)], cwd=work, env=env, capture_output=True, text=True)
+            if not r.stdout:
+                raise SystemExit(f"helix agree {f.name} failed: {r.stderr.strip()}")
             cli_top1.append(json.loads(r.stdout)["top1"])
         cli = time.perf_counter() - t0
         print(f"{len(files)} helix agree processes: {cli:.1f} s", flush=True)

@@ -12,6 +12,7 @@ import hmac
 import json
 import logging
 import math
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from helix_framework.artifacts import sanitize
 from helix_framework.errors import ConfigError
 from helix_framework.serve import completions, work
 from helix_framework.serve.guard import MAX_BODY_BYTES, RequestError, Roots, describe
@@ -240,14 +242,10 @@ async def calibrate(request: Request) -> JSONResponse:
     candidate, data = _candidate(lab, body.get("candidate"), "$.candidate")
     tensors = _str(body, "tensors")
     if tensors is not None:
-        import re
-
         try:
             re.compile(tensors)
         except re.error as exc:
             raise RequestError(400, f"invalid regular expression: {exc}", "$.tensors") from None
-    from helix_framework.artifacts import sanitize
-
     out = lab.roots.path(body.get("out") or str(lab.state_dir / "out" / sanitize(candidate.name)), "$.out")
     _guard_out(lab, out, "$.out")
     record = {"model": model, "candidate": data, "tensors": tensors, "out": str(out)}
