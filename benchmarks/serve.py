@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/serve.py [--candidates 20] [--positions 2000] [--checks 200]
 
-N candidates (RTN at 5 bit widths x 4 group sizes) each compress block 0 of
+N candidates (RTN at 4 bit widths x 5 group sizes) each compress block 0 of
 SmolLM2-135M (every other tensor is routed to passthrough) and are measured
 by token agreement at --positions positions: once as N `helix agree`
 processes in a row, once as N jobs submitted to one `helix serve --model
@@ -30,7 +30,7 @@ from pathlib import Path
 import httpx
 
 HELIX = [sys.executable, "-m", "helix_framework.cli"]
-BITS, GROUPS = (3, 4, 5, 6, 8), (16, 32, 64, 192)  # groups divide every row width (576, 1536)
+BITS, GROUPS = (2, 3, 4, 8), (16, 32, 48, 64, 192)  # groups divide every row width (576, 1536)
 
 
 def candidate_yaml(bits: int, group: int) -> str:
@@ -60,6 +60,7 @@ def main() -> None:
             f = work / f"rtn{b}_g{g}.yaml"
             f.write_text(candidate_yaml(b, g))
             files.append(f)
+        subprocess.run([*HELIX, "check", *map(str, files)], check=True, capture_output=True)
         agree = [*HELIX, "agree", "smollm2", "--positions", str(args.positions), "--json", "--config"]
         t = time.perf_counter()
         subprocess.run([*agree, str(files[0])], cwd=work, env=env, capture_output=True, check=False)
