@@ -232,3 +232,11 @@ class ErrorFeedbackError(HelixError):
     def __init__(self, message: str, *, codec: str | None = None):
         self.codec = codec
         super().__init__(message)
+
+
+class ServeError(HelixError):
+    """`helix serve` cannot start with these options (e.g. a non-loopback host without a token)."""
+
+
+class JobCancelled(HelixError):
+    """A `helix serve` job was cancelled; raised inside its progress callback."""

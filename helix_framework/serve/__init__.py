@@ -8,15 +8,11 @@ from __future__ import annotations
 
 import logging
 
-from helix_framework.errors import HelixError
+from helix_framework.errors import ServeError
 from helix_framework.serve.app import ServeOptions, build_app
 from helix_framework.serve.guard import is_loopback
 
 __all__ = ["ServeError", "ServeOptions", "build_app", "serve"]
-
-
-class ServeError(HelixError):
-    """`helix serve` cannot start with these options."""
 
 
 def serve(options: ServeOptions) -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from helix_framework import artifacts, outlock
-from helix_framework.errors import HelixError
+from helix_framework.errors import HelixError, JobCancelled
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +34,6 @@ QUEUED, RUNNING, DONE, FAILED, CANCELLED, INTERRUPTED = (
 FINAL = {DONE, FAILED, CANCELLED, INTERRUPTED}
 #: Progress is persisted at most this often (events are kept in memory).
 SAVE_EVERY_SECONDS = 1.0
-
-
-class JobCancelled(HelixError):
-    """Raised inside a job's progress callback once the job is cancelled."""
 
 
 class Job:
