@@ -11,7 +11,6 @@ import asyncio
 import hmac
 import json
 import logging
-import math
 import re
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ from helix_framework.artifacts import sanitize
 from helix_framework.errors import ConfigError
 from helix_framework.serve import completions, work
 from helix_framework.serve.guard import MAX_BODY_BYTES, RequestError, Roots, describe
-from helix_framework.serve.jobs import FINAL, JobStore
+from helix_framework.serve.jobs import FINAL, JobStore, json_safe
 from helix_framework.serve.warm import WarmState
 
 log = logging.getLogger(__name__)
@@ -73,23 +72,8 @@ class Lab:
             self.store.pool.submit(self.warm.model, name)
 
 
-def _plain(value: Any) -> Any:
-    """JSON-safe: NaN and infinities become null, other objects their str."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if value is None or isinstance(value, (str, int, bool)):
-        return value
-    if hasattr(value, "item"):  # numpy scalars
-        return _plain(value.item())
-    return str(value)
-
-
 def _json(data: Any, status: int = 200) -> JSONResponse:
-    return JSONResponse(_plain(data), status_code=status)
+    return JSONResponse(json_safe(data), status_code=status)
 
 
 def _error(err: RequestError) -> JSONResponse:
@@ -330,11 +314,11 @@ async def job_events(request: Request) -> StreamingResponse:
         while True:
             events = job.events[sent:]
             for e in events:
-                yield f"event: {e['event']}\ndata: {json.dumps(e['data'], default=str)}\n\n"
+                yield f"event: {e['event']}\ndata: {json.dumps(json_safe(e['data']))}\n\n"
             sent += len(events)
             if job.state in FINAL and sent >= len(job.events):
                 if not job.events or job.events[-1]["event"] not in FINAL:  # a record loaded after a restart
-                    yield f"event: {job.state}\ndata: {json.dumps(job.view(), default=str)}\n\n"
+                    yield f"event: {job.state}\ndata: {json.dumps(json_safe(job.view()))}\n\n"
                 return
             if await request.is_disconnected():
                 return

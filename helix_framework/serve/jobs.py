@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
+import math
 import threading
 import time
 import uuid
@@ -115,7 +116,7 @@ class JobStore:
             self.jobs[job.id] = job
 
     def save(self, job: Job) -> None:
-        artifacts.write_json_atomic(self.directory / f"{job.id}.json", job.record)
+        artifacts.write_json_atomic(self.directory / f"{job.id}.json", json_safe(job.record))
 
     def get(self, job_id: str) -> Job | None:
         return self.jobs.get(job_id)
@@ -161,6 +162,21 @@ class JobStore:
             job.cancel_requested.set()
             if job.state == QUEUED:
                 job.finish(CANCELLED, error={"error": "cancelled before it started", "path": None})
+
+
+def json_safe(value: Any) -> Any:
+    """JSON-safe: NaN and infinities become null, other objects their str."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if value is None or isinstance(value, (str, int, bool)):
+        return value
+    if hasattr(value, "item"):  # numpy scalars
+        return json_safe(value.item())
+    return str(value)
 
 
 def _read_json(path: Path) -> Any:
