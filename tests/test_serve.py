@@ -256,11 +256,12 @@ def _own_logprobs(model, ids):
 
 
 @pytest.mark.slow
-def test_openai_client_completions_match_reference_and_candidate(server, tmp_path):
-    """The reference and a calibrated candidate (a job id), each against helix's own decoder."""
+def test_openai_client_completions_match_reference_and_candidate(server, tmp_path, monkeypatch):
+    """The reference and a calibrated candidate (a job id), each against helix's own decoder;
+    the candidate's agreement job against `agree` run here."""
     from openai import OpenAI
 
-    from helix_framework.agree import weights_from_artifacts
+    from helix_framework.agree import agree, weights_from_artifacts
     from helix_framework.host import get_host
     from helix_framework.models import resolve_model
     from helix_framework.reference import load_model, load_tokenizer
@@ -296,3 +297,14 @@ def test_openai_client_completions_match_reference_and_candidate(server, tmp_pat
     got_c = cand.choices[0].logprobs.token_logprobs[1:]
     np.testing.assert_allclose(got_c, _own_logprobs(compressed, prompt_ids), atol=1e-4)
     assert max(abs(a - b) for a, b in zip(got_c, want)) > 1e-3  # the candidate is not the reference
+
+    with httpx.Client(base_url=srv.url, timeout=60) as c:
+        r = c.post("/v1/agree", json={"model": "smollm2", "artifacts": "out/smol", "positions": 2000})
+        served = _wait(c, r.json()["job_id"], _done, timeout=900)
+    assert served["state"] == "done", served
+    monkeypatch.setenv("HELIX_CACHE_DIR", str(tmp_path / "cache"))  # the server's reference cache
+    mine = agree("smollm2", weights=weights_from_artifacts(tmp_path / "out/smol", source, get_host()),
+                 candidate_name="mine", source=source).to_json()
+    assert served["result"]["positions"] == mine["positions"] == 2000
+    assert served["result"]["top1"] == mine["top1"] < 1
+    assert served["result"]["seconds"]["load"] < served["result"]["seconds"]["total"]
