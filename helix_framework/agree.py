@@ -85,10 +85,12 @@ def weights_from_artifacts(directory: str | Path, source: ModelSource, host: Any
 
 
 def weights_from_config(source: ModelSource, candidate: CandidateConfig, host: Any,
-                        tensors: str | None = None) -> dict[str, np.ndarray]:
+                        tensors: str | None = None,
+                        on_tensor: Callable[[int, int, str], None] | None = None) -> dict[str, np.ndarray]:
     """Fit every routed matrix in memory (on its calibration rows, and for a
     data-aware candidate block by block with its layer statistics, exactly as
-    `helix calibrate` does) and keep the reconstructions."""
+    `helix calibrate` does) and keep the reconstructions. ``on_tensor(i, n,
+    name)`` is called before each tensor; an exception it raises stops the fit."""
     comp = resolve(candidate, host)
     selector = tensor_selector(tensors)
     require_selection(selector, source.tensors(), candidate.routes)
@@ -105,10 +107,13 @@ def weights_from_config(source: ModelSource, candidate: CandidateConfig, host: A
         out[info.name] = fitted.reconstruction.reshape(info.shape)
         return out[info.name]
 
+    infos = source.tensors()
     if candidate.calibration is not None:
-        data_aware_pass(source, source.tensors(), comp, fit_one)
+        data_aware_pass(source, infos, comp, fit_one, on_tensor=on_tensor)
     else:
-        for info in source.tensors():
+        for i, info in enumerate(infos):
+            if on_tensor is not None:
+                on_tensor(i, len(infos), info.name)
             fit_one(info)
     return out
 

@@ -21,7 +21,7 @@ import stat
 import time
 import zlib
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import attrs
 import numpy as np
@@ -334,8 +334,13 @@ def calibrate(
     tensors: str | None = None,
     host: Any = None,
     progress: bool = False,
+    on_tensor: Callable[[int, int, str], None] | None = None,
 ) -> CalibrationSummary:
     """Calibrate every routed tensor of ``model`` and write artifacts to ``out_dir``.
+
+    ``on_tensor(i, n, name)`` is called before tensor ``i`` of ``n``; an
+    exception it raises stops the run like an interrupt (`helix serve`
+    reports progress and cancels jobs through it).
 
     ``out_dir`` is created only once the model has opened and every tensor
     is one decode can rebuild, and is locked for the run (`outlock`). Only
@@ -357,7 +362,7 @@ def calibrate(
         try:
             with outlock.hold(out, "calibrate"):
                 return _calibrate_locked(source, model, candidate, comp, out, tensors, selector, host, progress,
-                                         started)
+                                         started, on_tensor)
         except BaseException:
             if created:  # leave no empty output directory behind
                 for d in (out / artifacts.TENSOR_DIR, out):
@@ -379,7 +384,7 @@ def _previous_manifest(out: Path) -> dict[str, Any] | None:
 
 def _calibrate_locked(source: ModelSource, model: Path, candidate: CandidateConfig, comp: Components, out: Path,
                       tensors: str | None, selector: Any, host: Any, progress: bool,
-                      started: float) -> CalibrationSummary:
+                      started: float, on_tensor: Callable[[int, int, str], None] | None = None) -> CalibrationSummary:
     tensor_dir = out / artifacts.TENSOR_DIR
     if tensor_dir.is_symlink() or (tensor_dir.exists() and not tensor_dir.is_dir()):
         raise OutputError(f"{artifacts.TENSOR_DIR} is a link or not a directory: artifacts are written inside "
@@ -398,10 +403,13 @@ def _calibrate_locked(source: ModelSource, model: Path, candidate: CandidateConf
             calibration_text = None
             if candidate.calibration is not None:
                 entries, calibration_text = _calibrate_data_aware(source, infos, comp, tensor_dir, selector,
-                                                                  written, progress)
+                                                                  written, progress, on_tensor)
             else:
-                entries = [_calibrate_one(source, info, comp, tensor_dir, selector, written)
-                           for info in _progress(infos, progress, "calibrating")]
+                entries = []
+                for i, info in enumerate(_progress(infos, progress, "calibrating")):
+                    if on_tensor is not None:
+                        on_tensor(i, len(infos), info.name)
+                    entries.append(_calibrate_one(source, info, comp, tensor_dir, selector, written))
             manifest = {
                 "schema_version": artifacts.SCHEMA_VERSION,
                 "source": {
@@ -538,7 +546,8 @@ def route_and_read(source: ModelSource, info: Any, candidate: CandidateConfig, s
 
 
 def data_aware_pass(
-    source: ModelSource, infos: list[Any], comp: Components, handle: Any, progress: bool = False
+    source: ModelSource, infos: list[Any], comp: Components, handle: Any, progress: bool = False,
+    on_tensor: Callable[[int, int, str], None] | None = None,
 ) -> dict[str, Any]:
     """Run a data-aware candidate's calibration windows through the model
     block by block (see `helix_framework.engine`).
@@ -547,8 +556,9 @@ def data_aware_pass(
     first those outside the decoder blocks (``stats`` None), then each
     block's, with the `BlockStats` of a linear layer's inputs; it returns the
     tensor's reconstruction (what the windows pass through with ``propagate:
-    quantized``) or None to keep the tensor as it is. Returns what the
-    manifest records about the calibration text.
+    quantized``) or None to keep the tensor as it is; ``on_tensor(i, n,
+    name)`` is called before each. Returns what the manifest records about
+    the calibration text.
     """
     from helix_framework.calibration_text import load_documents, make_windows
     from helix_framework.engine import run_blocks
@@ -563,12 +573,21 @@ def data_aware_pass(
         raise ConfigError("data-aware calibration runs decoder models (Llama family) only", path="$.calibration")
     by_name = {info.name: info for info in infos}
     in_blocks = {n for layer in range(model.n_layers) for n in model.block_tensors(layer)}
+    done = 0
+
+    def step(info: Any, stats: BlockStats | None) -> np.ndarray | None:
+        nonlocal done
+        if on_tensor is not None:
+            on_tensor(done, len(infos), info.name)
+        done += 1
+        return handle(info, stats)
+
     for info in infos:
         if info.name not in in_blocks:
-            handle(info, None)
+            step(info, None)
 
     def fit_block(layer: int, names: list[str], stats: Any) -> dict[str, np.ndarray]:
-        kept = {name: handle(by_name[name], stats.get(name)) for name in names}
+        kept = {name: step(by_name[name], stats.get(name)) for name in names}
         return {name: recon for name, recon in kept.items() if recon is not None}
 
     run_blocks(model, windows.ids, windows.fit, windows.held_out, fit_block, propagate=cal.propagate,
@@ -580,7 +599,7 @@ def data_aware_pass(
 
 def _calibrate_data_aware(
     source: ModelSource, infos: list[Any], comp: Components, tensor_dir: Path, selector: Any, written: set[str],
-    progress: bool,
+    progress: bool, on_tensor: Callable[[int, int, str], None] | None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Every tensor's entry (in source order) and the calibration-text record."""
     entries: dict[str, dict[str, Any]] = {}
@@ -591,7 +610,7 @@ def _calibrate_data_aware(
                                             keep=kept)
         return kept.get(info.name)
 
-    record = data_aware_pass(source, infos, comp, handle, progress)
+    record = data_aware_pass(source, infos, comp, handle, progress, on_tensor)
     return [entries[info.name] for info in infos], record
 
 

@@ -162,6 +162,20 @@ def cmd_decode(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from helix_framework.export_gguf import export_gguf
+    from helix_framework.host import get_host
+
+    result = export_gguf(args.dir, args.out, dtype=args.dtype, host=get_host(), progress=sys.stderr.isatty())
+    kinds = Counter(result["written"].values())
+    print(f"wrote {result['tensors']} tensors and {result['metadata']} metadata keys to {result['out']}")
+    for how, n in sorted(kinds.items()):
+        print(f"  {n:4d}  {how}")
+    return EXIT_OK
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from helix_framework.artifacts import read_manifest
     from helix_framework.calibrate import mark_partial, partial_of
@@ -542,6 +556,23 @@ def cmd_frontier(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from helix_framework.serve import ServeOptions, serve
+    from helix_framework.serve.guard import default_roots
+
+    if args.jobs < 1 or args.memory < 1:
+        print("helix: error: --jobs and --memory must be at least 1", file=sys.stderr)
+        return EXIT_ERROR
+    for r in args.root:
+        if not Path(r).is_dir():
+            print(f"helix: error: --root {r}: not a directory", file=sys.stderr)
+            return EXIT_ERROR
+    roots = tuple(Path(r) for r in args.root) or tuple(default_roots())
+    serve(ServeOptions(host=args.host, port=args.port, models=tuple(args.model), roots=roots, token=args.token,
+                       jobs=args.jobs, memory_mib=args.memory))
+    return EXIT_OK
+
+
 # -- parser and main -------------------------------------------------------
 
 
@@ -583,6 +614,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="FILE.safetensors",
                    help="the model file to write (side files such as tokenizer.json go beside it)")
     p.set_defaults(func=cmd_decode)
+
+    p = sub.add_parser("export", help="write a calibration output as a GGUF file llama.cpp loads")
+    p.add_argument("dir", metavar="DIR", help="a calibration output directory (GGUF source)")
+    p.add_argument("--format", required=True, choices=["gguf"], help="the output format")
+    p.add_argument("--out", required=True, metavar="FILE.gguf", help="the file to write (atomically)")
+    p.add_argument("--dtype", choices=["f16", "f32"], default="f16",
+                   help="type of tensors whose codec has no GGUF form (default f16)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("compare", help="summaries of calibration outputs side by side")
     p.add_argument("dirs", nargs="+", metavar="DIR", help="calibration output directories, one column each")
@@ -682,6 +721,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="FILE.png", help="write a plot of every candidate, the frontier and the gate")
     p.add_argument("--json", action="store_true", help="print the frontier as JSON")
     p.set_defaults(func=cmd_frontier)
+
+    p = sub.add_parser("serve", help="the lab surface: an HTTP API over warm models (loopback by default)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; any other needs --token)")
+    p.add_argument("--port", type=int, default=8765, help="port (default 8765)")
+    p.add_argument("--model", action="append", default=[], metavar="NAME_OR_PATH",
+                   help="load at start and keep warm (repeatable); the first is the completions reference")
+    p.add_argument("--root", action="append", default=[], metavar="DIR",
+                   help="request paths must resolve inside a root (repeatable; default: the working directory "
+                   "and the helix cache); job records live in the first root's .helix-serve/")
+    p.add_argument("--token", help="every request needs the header Authorization: Bearer TOKEN")
+    p.add_argument("--jobs", type=int, default=1, metavar="N", help="jobs run at the same time (default 1)")
+    p.add_argument("--memory", type=int, default=4096, metavar="MIB",
+                   help="budget of the warm state in MiB; least recently used models go first (default 4096)")
+    p.set_defaults(func=cmd_serve)
     _verbose_everywhere(sub)
     _verbose_everywhere(jit_sub)
     return parser

@@ -125,6 +125,16 @@ class NotApplicable(HelixError):
         self.reason = reason
         super().__init__(reason)
 
+class ExportError(HelixError):
+    """A calibration output cannot be exported in the requested format (names
+    the tensor or the metadata field at fault)."""
+
+    def __init__(self, message: str, *, tensor: str | None = None, field: str | None = None):
+        self.tensor = tensor
+        self.field = field
+        where = f"tensor {tensor!r}: " if tensor else f"field {field!r}: " if field else ""
+        super().__init__(where + message)
+
 
 class MeasurementError(HelixError):
     """A measurement cannot be computed on this input (never a placeholder)."""
@@ -239,3 +249,11 @@ class ErrorFeedbackError(HelixError):
     def __init__(self, message: str, *, codec: str | None = None):
         self.codec = codec
         super().__init__(message)
+
+
+class ServeError(HelixError):
+    """`helix serve` cannot start with these options (e.g. a non-loopback host without a token)."""
+
+
+class JobCancelled(HelixError):
+    """A `helix serve` job was cancelled; raised inside its progress callback."""

@@ -253,8 +253,11 @@ def test_transformed_hessian_gives_the_output_error_on_rotated_activations():
 
 def test_a_plugin_written_against_todays_contract_runs_data_aware(tmp_path, host, tiny):
     out = tmp_path / "out"
-    summary = calibrate(tiny, candidate(host), out, host=host)
+    calls = []
+    summary = calibrate(tiny, candidate(host), out, host=host, on_tensor=lambda i, n, name: calls.append((i, n, name)))
     assert summary.routed["codec"] == 14
+    assert [c[0] for c in calls] == list(range(21)) and {c[1] for c in calls} == {21}
+    assert calls[-1][2].startswith("model.layers.1.")  # blocks come after the tensors outside them
     manifest = json.loads((out / artifacts.MANIFEST).read_text())
     record = manifest["calibration_text"]
     assert record["windows"]["count"] == 6 and len(record["windows"]["held_out"]) == 2
