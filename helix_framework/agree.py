@@ -36,7 +36,7 @@ from helix_framework.calibrate import (
     data_aware_pass, fit_reconstruct, reconstruct, resolve, route_and_read, split_rows, tensor_rng,
 )
 from helix_framework.config import CandidateConfig, canonical_json
-from helix_framework.errors import HelixError
+from helix_framework.errors import AgreementError
 from helix_framework.measure.agreement import MIN_POSITIONS, AgreementAccumulator
 from helix_framework.prompts import Prompt, load_prompts
 from helix_framework.routing import require_selection, tensor_selector
@@ -48,9 +48,6 @@ EMBEDDING_GATE = 0.99
 MIN_SENTENCES = 100
 CACHE_VERSION = 1
 
-
-class AgreementError(HelixError):
-    """Token agreement cannot be run on this input."""
 
 
 def cache_root() -> Path:

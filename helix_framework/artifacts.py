@@ -34,7 +34,7 @@ from typing import Any, BinaryIO, Callable, Iterable, Mapping
 
 import numpy as np
 
-from helix_framework.errors import ArtifactError, HelixError, OutputError
+from helix_framework.errors import ArtifactError, OutputError
 from helix_framework.outlock import pid_alive
 from helix_framework.sources.hf_directory import TOKENIZER_FILES
 

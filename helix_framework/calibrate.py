@@ -33,7 +33,7 @@ from helix_framework import artifacts, outlock
 from helix_framework.codec import CodecState, Codes
 from helix_framework.config import CandidateConfig, kernel_signature
 from helix_framework.engine import BlockStats
-from helix_framework.errors import ConfigError, HelixError, NotApplicable, OutputError
+from helix_framework.errors import CalibrationError, ConfigError, HelixError, NotApplicable, OutputError
 from helix_framework.layer_stats import LayerStats
 from helix_framework.measurement import MeasureContext
 from helix_framework.rotation import RotationState
@@ -44,9 +44,6 @@ from helix_framework.summary import aggregate_figures, not_applicable_counts
 
 log = logging.getLogger(__name__)
 
-
-class CalibrationError(HelixError):
-    """A tensor could not be calibrated; the message names it."""
 
 
 # -- rows ----------------------------------------------------------------------

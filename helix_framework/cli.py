@@ -225,7 +225,8 @@ def cmd_agree(args: argparse.Namespace) -> int:
     from helix_framework.models import resolve_model
     from helix_framework.sources import open_source
 
-    from helix_framework.agree import AgreementError, adc_linears
+    from helix_framework.agree import adc_linears
+    from helix_framework.errors import AgreementError
 
     host = get_host()
     source = open_source(resolve_model(args.model))

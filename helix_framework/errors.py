@@ -257,3 +257,16 @@ class ServeError(HelixError):
 
 class JobCancelled(HelixError):
     """A `helix serve` job was cancelled; raised inside its progress callback."""
+
+
+class CalibrationError(HelixError):
+    """A tensor could not be calibrated; the message names it."""
+
+
+class AgreementError(HelixError):
+    """Token agreement cannot be run on this input."""
+
+
+class ReferenceModelError(HelixError):
+    """A reference model cannot be built or run (unsupported architecture or
+    option, missing tensor, wrong shape, bad input)."""

@@ -19,7 +19,7 @@ from typing import Any, Iterable
 
 import attrs
 
-from helix_framework.errors import FrontierError, HelixError
+from helix_framework.errors import FrontierError
 
 #: y option -> (column of the candidates table, label, larger is better)
 Y_FIGURES = {

@@ -69,7 +69,7 @@ from helix_framework.config import (
     read_config_file,
     structure,
 )
-from helix_framework.errors import ConfigError, HelixError, SweepError, SweepTooLarge
+from helix_framework.errors import ConfigError, SweepError, SweepTooLarge
 from helix_framework.summary import aggregate_figures
 from helix_framework.routing import NOT_SELECTED, tensor_selector
 

@@ -47,3 +47,19 @@ def test_every_environment_variable_is_documented():
 
 def test_readme_shows_the_two_setup_commands():
     assert "make run" in README and "make test" in README
+
+
+def test_every_user_facing_error_class_lives_in_errors_py_and_is_exported():
+    import helix_framework
+    from helix_framework import errors
+
+    error_names = {n for n, v in vars(errors).items() if isinstance(v, type) and issubclass(v, Exception)}
+    outside = []
+    for path in [*ROOT.glob("helix_framework/**/*.py"), *ROOT.glob("plugins/*/helix_*/**/*.py")]:
+        if path.name == "errors.py":
+            continue
+        for name, bases in re.findall(r"^class (\w+)\(([^)]*)\)", path.read_text(), re.M):
+            if error_names & {b.strip().split(".")[-1] for b in bases.split(",")}:
+                outside.append(f"{path.relative_to(ROOT)}: {name}")
+    assert outside == []
+    assert error_names <= set(helix_framework.__all__)

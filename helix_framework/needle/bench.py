@@ -17,7 +17,7 @@ one-off start-up (imports, parsers) does not count as latency.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import attrs
 import numpy as np

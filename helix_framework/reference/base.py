@@ -23,7 +23,7 @@ import attrs
 import numpy as np
 from scipy import special
 
-from helix_framework.errors import HelixError
+from helix_framework.errors import ReferenceModelError
 
 logger = logging.getLogger(__name__)
 
@@ -62,10 +62,6 @@ def blas_threads(n: int | None) -> contextlib.AbstractContextManager[Any]:
 
 _warned_threadpoolctl = False
 
-
-class ReferenceModelError(HelixError):
-    """A reference model cannot be built or run (unsupported architecture or
-    option, missing tensor, wrong shape, bad input)."""
 
 
 @attrs.frozen
