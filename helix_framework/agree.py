@@ -20,7 +20,6 @@ minimum reported).
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import re
@@ -247,10 +246,8 @@ def reference_outputs(
     all_hidden = np.concatenate(hidden, axis=1)
     directory.mkdir(parents=True, exist_ok=True)
     for path, array in ((logits_path, all_logits), (hidden_path, all_hidden)):
-        tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
-        np.save(tmp, array)
-        os.replace(tmp, path)
-    (directory / "meta.json").write_text(json.dumps({"source": str(source.path), "windows": len(windows)}))
+        artifacts.atomic_write(directory, ".npy", lambda f, a=array: np.save(f, a), lambda p=path: p)
+    artifacts.write_json_atomic(directory / "meta.json", {"source": str(source.path), "windows": len(windows)})
     del all_logits, all_hidden
     return NpySlices(logits_path), NpySlices(hidden_path)
 

@@ -133,12 +133,8 @@ def resolve(candidate: CandidateConfig, host: Any = None) -> Components:
         host = get_host()
     codec_reg = host.lookup("codec", candidate.codec)
     rotation_reg = host.lookup("rotation", candidate.rotation.kind)
-    measurements = tuple(host.measurement(m) for m in candidate.measure if _tensor_level(host.measurement(m)))
+    measurements = tuple(host.measurement(m) for m in candidate.measure if host.measurement(m).scope == "tensor")
     return Components(candidate, codec_reg.obj, rotation_reg.obj, measurements, codec_reg, rotation_reg)
-
-
-def _tensor_level(measurement: Any) -> bool:
-    return getattr(measurement, "scope", "tensor") == "tensor"
 
 
 @attrs.frozen

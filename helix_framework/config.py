@@ -13,7 +13,6 @@ that would overlap (`CalibrationEqualsMeasurement`, unless ``in_sample``).
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import types
 import typing
@@ -25,6 +24,8 @@ import cattrs
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 
 from helix_framework.codec import NoParams
+# the one canonical JSON (sorted keys, no whitespace) of every signature, the kernel cache's included
+from helix_jit.cache import canonical_json  # noqa: F401  (re-exported)
 from helix_framework.errors import CalibrationEqualsMeasurement, ConfigError, HelixError
 from helix_framework.params import ParamError
 from helix_framework.yaml_loading import YamlDocument, load_yaml, read_yaml_file  # noqa: F401  (load_yaml: re-exported)
@@ -483,11 +484,6 @@ def _codegen_fields(params: Any) -> Any:
         if field.metadata.get("codegen", True):
             out[field.name] = _codegen_fields(getattr(params, field.name))
     return out
-
-
-def canonical_json(value: Any) -> str:
-    """JSON with sorted keys and no whitespace: the input of every signature."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
 
 def kernel_signature(candidate: CandidateConfig, host: Any = None) -> str:

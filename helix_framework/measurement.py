@@ -58,6 +58,9 @@ class Measurement:
     override: ClassVar[bool] = False
     #: how the summary combines its figures over tensors (one of `AGGREGATES`)
     aggregate: ClassVar[str] = "mean"
+    #: "tensor": measured on each tensor's rows; "model": measured once on the
+    #: whole compressed model (token agreement), never called per tensor
+    scope: ClassVar[str] = "tensor"
     #: the figure needs ``context.stats`` (only data-aware candidates have them).
     needs_stats: ClassVar[bool] = False
 

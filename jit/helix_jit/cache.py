@@ -55,6 +55,8 @@ def _regular(p: Path) -> bool | None:
 
 
 def canonical_json(payload: Any) -> str:
+    """JSON with sorted keys and no whitespace: the input of every signature
+    (kernel signatures here, candidate and cache keys in helix_framework)."""
     return json.dumps(payload, sort_keys=True, separators=(",", ":"))
 
 
