@@ -126,9 +126,14 @@ class _Recorder:
 
 
 _lock = threading.RLock()
-_memory: dict[str, Any] = {}
-_counters = _Counters()
-_recorders: list[_Recorder] = []
+# The process-wide state the kernel module shares with this one (public names:
+# `helix_jit.kernel` reads and updates them; nothing else should).
+#: compiled kernels of this process by signature
+memory: dict[str, Any] = {}
+#: hits, misses, disk loads and compiles of this process
+counters = _Counters()
+#: the open `record_kernels` blocks
+recorders: list[_Recorder] = []
 generation = 0  # bumped by clear_cache so per-kernel fast paths re-look-up
 
 
@@ -234,7 +239,7 @@ def cache_stats() -> CacheStats:
                 if stat.S_ISREG(st.st_mode):
                     size += st.st_size
                     entries += 1
-    c = _counters
+    c = counters
     return CacheStats(entries, size, c.hits, c.misses, c.disk_loads, c.compiles, round(c.compile_ms, 3))
 
 
@@ -247,7 +252,7 @@ def clear_cache(*, disk: bool = True) -> int:
     global generation
     removed = 0
     with _lock:
-        _memory.clear()
+        memory.clear()
         generation += 1
         d = cache_dir()
         if disk and d.is_dir():
@@ -270,16 +275,16 @@ def record_kernels() -> Iterator[_Recorder]:
     """
     rec = _Recorder()
     with _lock:
-        _recorders.append(rec)
+        recorders.append(rec)
     try:
         yield rec
     finally:
         with _lock:
-            _recorders.remove(rec)
+            recorders.remove(rec)
 
 
 def note_use(use: KernelUse) -> None:
-    if _recorders:
+    if recorders:
         with _lock:
-            for r in _recorders:
+            for r in recorders:
                 r.uses.setdefault(use.signature, use)

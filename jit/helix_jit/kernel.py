@@ -206,7 +206,7 @@ class Kernel:
         hit = self._fast.get(key)
         if hit is not None and hit[0] == _cache.generation:
             fn = hit[1]
-            _cache._counters.hits += 1
+            _cache.counters.hits += 1
             self._note(lw, fn.signature, "memory")
             return fn
         sig = self.signature(lw, **constants)
@@ -216,15 +216,15 @@ class Kernel:
         return fn
 
     def _note(self, lw: LaneWidth, sig: str, source: str) -> None:
-        if _cache._recorders:
+        if _cache.recorders:
             _cache.note_use(_cache.KernelUse(self.name, self.version, lw.value, sig, source))
 
     def _lookup(self, lw: LaneWidth, constants: dict, sig: str) -> tuple[CompiledKernel, str]:
         from helix_jit import codegen
 
         with _compile_lock:
-            c = _cache._counters
-            fn = _cache._memory.get(sig)
+            c = _cache.counters
+            fn = _cache.memory.get(sig)
             if fn is not None:
                 c.hits += 1
                 return fn, "memory"
@@ -239,7 +239,7 @@ class Kernel:
                     else:
                         c.disk_loads += 1
                         fn = CompiledKernel(self, lw, constants, sig, loaded)
-                        _cache._memory[sig] = fn
+                        _cache.memory[sig] = fn
                         return fn, "disk"
                 ir_text = self.emit_ir(lw, constants)
                 loaded, ms = codegen.compile_ir(ir_text, [self.entry], name=f"{self.name}[{lw.value}]")
@@ -248,7 +248,7 @@ class Kernel:
                 if loaded.obj:
                     _cache.write_disk(sig, loaded.obj)
                 fn = CompiledKernel(self, lw, constants, sig, loaded)
-                _cache._memory[sig] = fn
+                _cache.memory[sig] = fn
                 return fn, "compiled"
 
     def __repr__(self) -> str:
