@@ -256,8 +256,10 @@ def calibrate_matrix(x: np.ndarray, name: str, comp: Components, stats: BlockSta
 
 
 def _named(exc: HelixError, name: str) -> HelixError:
-    """The same error type with the tensor named (CalibrationError for types
-    whose message is built from fields)."""
+    """The same error type with the tensor named (a ConfigError keeps its key
+    path; CalibrationError for other types whose message is built from fields)."""
+    if isinstance(exc, ConfigError):  # keep the file, key path and line; say which tensor raised it
+        return ConfigError(f"tensor {name!r}: {exc.message}", file=exc.file, path=exc.path, line=exc.line)
     message = f"tensor {name!r}: {exc}"
     if type(exc).__str__ is not Exception.__str__ or type(exc).__init__ is not Exception.__init__:
         return CalibrationError(message)

@@ -90,3 +90,12 @@ def test_an_unknown_aggregate_fails_the_plugin_at_registration():
     host = Host(autoload=False)
     with pytest.raises(PluginError, match="aggregate must be one of mean, weighted_mean, min, max, median"):
         host.register(_Plugin(BadAggregate()), name="bad_aggregate")
+
+
+def test_a_config_error_raised_for_one_tensor_keeps_its_key_path(tmp_path):
+    from helix_framework.calibrate import _named
+    from helix_framework.errors import ConfigError
+
+    err = _named(ConfigError("subspace widths are uneven", path="$.params.subspaces", file="c.yaml", line=4), "blk.0.w")
+    assert isinstance(err, ConfigError) and (err.path, err.file, err.line) == ("$.params.subspaces", "c.yaml", 4)
+    assert str(err) == "c.yaml:4: $.params.subspaces: tensor 'blk.0.w': subspace widths are uneven"
