@@ -34,7 +34,7 @@ from typing import Any, BinaryIO, Callable, Iterable, Mapping
 
 import numpy as np
 
-from helix_framework.errors import ArtifactError, OutputError
+from helix_framework.errors import ArtifactError, OutputError, SourceError
 from helix_framework.outlock import pid_alive
 from helix_framework.sources.hf_directory import TOKENIZER_FILES
 
@@ -243,32 +243,19 @@ def write_safetensors_stream(
 def read_safetensors(path: Path) -> dict[str, np.ndarray]:
     """Read every array of an artifact file (memory-mapped, read-only).
 
-    A file that does not parse is an `ArtifactError` naming it (artifacts
-    come from a manifest that may have been edited)."""
+    The header goes through the same checked parser as model sources; a file
+    that does not parse is an `ArtifactError` naming it (artifacts come from a
+    manifest that may have been edited)."""
+    from helix_framework.sources.safetensors_file import SafetensorsFile
+
     try:
-        return _read_safetensors(path)
-    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
-        why = f"missing key {exc}" if isinstance(exc, KeyError) else str(exc)[:200]
-        raise ArtifactError(f"{path}: bad safetensors file: {why}") from None
-
-
-def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
-    if os.path.getsize(path) < 8:
-        raise ArtifactError(f"{path}: truncated safetensors file")
-    data = np.memmap(path, dtype=np.uint8, mode="r")
-    n = int.from_bytes(bytes(data[:8]), "little")
-    if n > data.size - 8:
-        raise ArtifactError(f"{path}: header length {n} beyond the file")
-    header = json.loads(bytes(data[8 : 8 + n]))
-    header.pop("__metadata__", None)
+        f = SafetensorsFile(Path(path))
+    except SourceError as exc:
+        raise ArtifactError(f"bad safetensors file: {exc}") from None
     out = {}
-    for name, spec in header.items():
-        start, end = spec["data_offsets"]
-        if not 0 <= start <= end <= data.size - 8 - n:
-            raise ValueError(f"tensor {name!r}: data_offsets {[start, end]} outside the data")
-        dtype = _SAFETENSORS_TO_NUMPY.get(spec["dtype"])
-        view = data[8 + n + start : 8 + n + end]
-        out[name] = view.view(dtype).reshape(spec["shape"]) if dtype is not None else view
+    for name, info in f.entries.items():
+        raw, dtype = f.raw(name), _SAFETENSORS_TO_NUMPY.get(info.dtype)
+        out[name] = raw.view(dtype).reshape(info.shape) if dtype is not None else raw
     return out
 
 
