@@ -80,7 +80,7 @@ def test_grid_enumeration_order_cardinality_and_paths(host):
 
 
 def test_grid_over_the_limit_is_refused_before_enumeration(host, monkeypatch):
-    import helix_framework.sweep as sweep_mod
+    import helix_framework.sweep.spec as sweep_mod  # where the grid is enumerated
 
     def boom(*a, **k):
         raise AssertionError("enumerated")
