@@ -1,201 +1,24 @@
-"""Candidate configs: YAML at the edge, frozen attrs classes inside.
-
-A candidate names a codec and its params, a rotation, the row split and the
-measurements. `load_candidate` safe-loads the YAML, keeps the line of every
-key, and converts with the project's cattrs converter; every error is a
-`ConfigError` naming the file, the key path (``$.params.subspaces``) and the
-line. Validation happens here, before any kernel compiles or any model is
-read: unknown keys, wrong types, values a Params schema refuses, lane widths
-a codec does not support, unknown plugin names (with suggestions) and rows
-that would overlap (`CalibrationEqualsMeasurement`, unless ``in_sample``).
-"""
+"""Candidates: the schema, its validation against the plugins, the kernel signature."""
 
 from __future__ import annotations
 
 import hashlib
 import re
-import types
-import typing
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
 import attrs
-import cattrs
-from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 
 from helix_framework.codec import NoParams
-# the one canonical JSON (sorted keys, no whitespace) of every signature, the kernel cache's included
-from helix_jit.cache import canonical_json  # noqa: F401  (re-exported)
-from helix_framework.errors import CalibrationEqualsMeasurement, ConfigError, HelixError
+from helix_jit.cache import canonical_json
+from helix_framework.errors import CalibrationEqualsMeasurement, ConfigError
 from helix_framework.params import ParamError
-from helix_framework.yaml_loading import YamlDocument, load_yaml, read_yaml_file  # noqa: F401  (load_yaml: re-exported)
+from helix_framework.yaml_loading import YamlDocument
+from helix_framework.config.converter import converter, structure, type_name
+from helix_framework.config.files import read_config_file
+
 
 ROUTES = ("passthrough", "skip", "codec")
-
-
-# -- the project converter -------------------------------------------------
-
-
-def _strict(kind: type, *, also: tuple[type, ...] = ()) -> Any:
-    accepted = (kind, *also)
-
-    def structure(value: Any, _cls: Any) -> Any:
-        # bool is an int subclass; YAML's `yes` must not become 1
-        if isinstance(value, bool) and kind is not bool:
-            raise TypeError(f"expected {kind.__name__}, got a boolean")
-        if not isinstance(value, accepted):
-            raise TypeError(f"expected {kind.__name__}, got {type(value).__name__} {value!r}")
-        return kind(value)
-
-    return structure
-
-
-def _is_homogeneous_tuple(t: Any) -> bool:
-    return getattr(t, "__origin__", None) is tuple and len(t.__args__) == 2 and t.__args__[1] is Ellipsis
-
-
-def _make_converter() -> cattrs.Converter:
-    conv = cattrs.Converter(forbid_extra_keys=True)
-    conv.register_structure_hook(int, _strict(int))
-    conv.register_structure_hook(float, _strict(float, also=(int,)))
-    conv.register_structure_hook(str, _strict(str))
-    conv.register_structure_hook(bool, _strict(bool))
-
-    def tuple_factory(t: Any) -> Any:
-        item = t.__args__[0]
-
-        def structure(value: Any, _cls: Any) -> tuple:
-            # a bare string must not become a tuple of its characters
-            if not isinstance(value, (list, tuple)):
-                raise TypeError(f"expected a list, got {type(value).__name__} {value!r}")
-            errors, out = [], []
-            for i, v in enumerate(value):
-                try:
-                    out.append(conv.structure(v, item))
-                except Exception as exc:
-                    exc.__notes__ = [*getattr(exc, "__notes__", []), _IndexNote(i)]
-                    errors.append(exc)
-            if errors:
-                raise IterableValidationError(f"While structuring {t}", errors, t)
-            return tuple(out)
-
-        return structure
-
-    conv.register_structure_hook_factory(_is_homogeneous_tuple, tuple_factory)
-
-    def union_factory(t: Any) -> Any:
-        members = [m for m in t.__args__ if m is not type(None)]
-        optional = len(members) < len(t.__args__)
-        expected = " or ".join(_describe_type(m) for m in members) + (" or null" if optional else "")
-
-        def structure(value: Any, _cls: Any) -> Any:
-            if value is None and optional:
-                return None
-            for member in members:
-                try:
-                    return conv.structure(value, member)
-                except Exception:
-                    continue
-            raise TypeError(f"expected {expected}, got {_type_name(value)}")
-
-        return structure
-
-    conv.register_structure_hook_factory(_is_union, union_factory)
-
-    def literal_factory(t: Any) -> Any:
-        allowed = t.__args__
-
-        def structure(value: Any, _cls: Any) -> Any:
-            if isinstance(value, bool) or value not in allowed:
-                raise ValueError(f"expected {_describe_type(t)}, got {_type_name(value)}")
-            return value
-
-        return structure
-
-    conv.register_structure_hook_factory(lambda t: typing.get_origin(t) is Literal, literal_factory)
-
-    from helix_jit.lanes import LaneWidth
-
-    def lane(value: Any, _cls: Any) -> LaneWidth:
-        if not isinstance(value, str):
-            raise TypeError(f"expected a lane width name, got {value!r}")
-        return LaneWidth.parse(value)
-
-    conv.register_structure_hook(LaneWidth, lane)
-    conv.register_unstructure_hook(LaneWidth, lambda w: w.value)
-    return conv
-
-
-def _is_union(t: Any) -> bool:
-    return typing.get_origin(t) in (typing.Union, types.UnionType)
-
-
-def _describe_type(t: Any) -> str:
-    if typing.get_origin(t) is Literal:
-        return "one of " + ", ".join(repr(a) for a in t.__args__)
-    return getattr(t, "__name__", str(t))
-
-
-class _IndexNote(str):
-    def __new__(cls, index: int) -> _IndexNote:
-        obj = super().__new__(cls, f"item {index}")
-        obj.index = index  # type: ignore[attr-defined]
-        return obj
-
-
-converter = _make_converter()
-
-
-def structure(value: Any, cls: type, *, path: str = "$") -> Any:
-    """Structure ``value`` into ``cls`` with the project converter.
-
-    Raises `ConfigError` whose path points at the first bad key.
-    """
-    if value is None and attrs.has(cls):
-        value = {}
-    if attrs.has(cls) and not isinstance(value, Mapping):
-        raise ConfigError(f"expected a mapping, got {_type_name(value)}", path=path)
-    try:
-        return converter.structure(value, cls)
-    except Exception as exc:
-        sub_path, message = _first_error(exc, path)
-        raise ConfigError(message, path=sub_path) from None
-
-
-def _type_name(value: Any) -> str:
-    return "nothing" if value is None else f"{type(value).__name__} {value!r}"
-
-
-def _first_error(exc: BaseException, path: str) -> tuple[str, str]:
-    if isinstance(exc, ClassValidationError):
-        with_notes, without = exc.group_exceptions()
-        for sub, note in with_notes:
-            return _first_error(sub, f"{path}.{note.name}")
-        for sub in without:
-            return _first_error(sub, path)
-    if isinstance(exc, IterableValidationError):
-        for sub in exc.exceptions:
-            notes = [n for n in getattr(sub, "__notes__", []) if hasattr(n, "index")]
-            return _first_error(sub, f"{path}[{notes[-1].index}]" if notes else path)
-    if isinstance(exc, ForbiddenExtraKeysError):
-        extra = sorted(map(str, exc.extra_fields))
-        allowed = ", ".join(a.name for a in attrs.fields(exc.cl)) if attrs.has(exc.cl) else ""
-        return f"{path}.{extra[0]}", f"unknown key {extra[0]!r}" + (f"; expected one of {allowed}" if allowed else "")
-    if isinstance(exc, ParamError):
-        return f"{path}.{exc.field}", exc.message
-    if isinstance(exc, ConfigError):
-        return path + exc.path[1:], exc.message
-    if isinstance(exc, KeyError) and not isinstance(exc, HelixError):
-        # cattrs' note already named the field: "$.name", not "$.name.name"
-        key = f".{exc.args[0]}"
-        return (path if path.endswith(key) else path + key), "required key is missing"
-    message = str(exc)
-    m = re.match(r"^'(\w+)' (.*)$", message)  # attrs' own validators: "'x' must be >= 1: 0"
-    if m:
-        return f"{path}.{m.group(1)}", m.group(2)
-    if isinstance(exc, AttributeError) and "keys" in message:
-        return path, "expected a mapping"
-    return path, message or type(exc).__name__
 
 
 # -- the candidate ---------------------------------------------------------
@@ -338,16 +161,6 @@ class _CandidateShape:
     error_feedback: Any = None
 
 
-def read_config_file(path: str | Path) -> YamlDocument:
-    """Read one YAML config file (a candidate or a sweep) with its key lines."""
-    return read_yaml_file(path)
-
-
-def is_sweep(doc: YamlDocument) -> bool:
-    """A sweep file is the mapping with a ``grid``; anything else is a candidate."""
-    return isinstance(doc.data, Mapping) and "grid" in doc.data
-
-
 def load_candidate(path: str | Path, host: Any = None) -> CandidateConfig:
     """Read, validate and convert a candidate YAML file."""
     return candidate_from_document(read_config_file(path), host)
@@ -370,7 +183,7 @@ def candidate_from_mapping(data: Any, host: Any = None) -> CandidateConfig:
 
         host = get_host()
     if not isinstance(data, Mapping):
-        raise ConfigError(f"expected a mapping at the top level, got {_type_name(data)}")
+        raise ConfigError(f"expected a mapping at the top level, got {type_name(data)}")
     shape = structure(dict(data), _CandidateShape)
     if not shape.name.strip():
         raise ConfigError("must not be empty", path="$.name")
@@ -450,11 +263,11 @@ def _rotation(value: Any, host: Any) -> RotationChoice:
     if value is None:
         value = {"kind": "identity"}
     if not isinstance(value, Mapping):
-        raise ConfigError(f"expected a mapping like {{kind: identity}}, got {_type_name(value)}", path="$.rotation")
+        raise ConfigError(f"expected a mapping like {{kind: identity}}, got {type_name(value)}", path="$.rotation")
     rest = dict(value)
     kind = rest.pop("kind", "identity")
     if not isinstance(kind, str):
-        raise ConfigError(f"expected a rotation name, got {_type_name(kind)}", path="$.rotation.kind")
+        raise ConfigError(f"expected a rotation name, got {type_name(kind)}", path="$.rotation.kind")
     try:
         rotation = host.rotation(kind)
     except UnknownNameError as exc:
