@@ -449,3 +449,30 @@ def remove_owned(directory: Path, owned: Iterable[str], manifest: Mapping[str, A
                 path.unlink(missing_ok=True)
                 removed += 1
     return removed
+
+
+def refuse_run_files(directory: Path, out_file: Path, manifest: Mapping[str, Any], command: str) -> None:
+    """Refuse an output file (of ``decode``, ``export``) that would overwrite the
+    calibration run's own manifest or artifacts, the source model, or a directory."""
+    def refuse(why: str) -> OutputError:
+        return OutputError(f"refused as {command} output: {why}", path=str(out_file))
+
+    if out_file.is_dir():
+        raise refuse("is a directory; give a file name")
+    target, run = out_file.resolve(), Path(directory).resolve()
+    own = [Path(directory) / MANIFEST, *(Path(directory) / r["file"] for r in artifact_files(manifest))]
+    if target == run / MANIFEST or target.is_relative_to(run / TENSOR_DIR) or any(_same_file(out_file, p) for p in own):
+        raise refuse(f"it is a file of the calibration output {directory} itself")
+    source = Path(manifest["source"]["path"])
+    if manifest["source"]["kind"] == "hf_directory":
+        if target.is_relative_to(source.resolve()):
+            raise refuse(f"it is inside the source model directory {source}")
+    elif target == source.resolve() or _same_file(out_file, source):
+        raise refuse(f"it is the source model {source}")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False

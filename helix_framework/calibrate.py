@@ -821,31 +821,10 @@ def decode(directory: str | Path, out_file: str | Path, host: Any = None, progre
 
 def _check_decode_target(directory: Path, out_file: Path, manifest: dict[str, Any]) -> None:
     """Refuse a decode target that is not a new or replaceable model file."""
-    def refuse(why: str) -> OutputError:
-        return OutputError(f"refused as decode output: {why}", path=str(out_file))
-
     if out_file.suffix.lower() in (".bin", ".pt"):
-        raise refuse("helix never reads .bin/.pt (pickle) files; give a .safetensors name")
-    if out_file.is_dir():
-        raise refuse("is a directory; give a file name such as model.safetensors")
-    target, run = out_file.resolve(), directory.resolve()
-    own = [directory / artifacts.MANIFEST, *(directory / r["file"] for r in artifacts.artifact_files(manifest))]
-    if target == run / artifacts.MANIFEST or target.is_relative_to(run / artifacts.TENSOR_DIR) \
-            or any(_same_file(out_file, p) for p in own):
-        raise refuse(f"it is a file of the calibration output {directory} itself")
-    source = Path(manifest["source"]["path"])
-    if manifest["source"]["kind"] == "hf_directory":
-        if target.is_relative_to(source.resolve()):
-            raise refuse(f"it is inside the source model directory {source}")
-    elif target == source.resolve() or _same_file(out_file, source):
-        raise refuse(f"it is the source model {source}")
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
+        raise OutputError("refused as decode output: helix never reads .bin/.pt (pickle) files; "
+                          "give a .safetensors name", path=str(out_file))
+    artifacts.refuse_run_files(directory, out_file, manifest, "decode")
 
 
 def _side_files(manifest: dict[str, Any]) -> list[tuple[str, Path]]:

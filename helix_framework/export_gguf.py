@@ -18,14 +18,13 @@ source is supported; a Hugging Face source is refused with one line.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from helix_framework import artifacts
-from helix_framework.errors import ExportError, OutputError
+from helix_framework.errors import ExportError
 
 __all__ = ["export_gguf", "known_architectures"]
 
@@ -137,11 +136,7 @@ def export_gguf(directory: str | Path, out_file: str | Path, *, dtype: str = "f1
         host = get_host()
     directory, out_file = Path(directory), Path(out_file)
     manifest = artifacts.read_manifest(directory)
-    if out_file.is_dir():
-        raise OutputError("is a directory; give a file name such as model.gguf", path=str(out_file))
-    source = Path(manifest["source"]["path"])
-    if out_file.exists() and source.exists() and os.path.samefile(out_file, source):
-        raise OutputError("is the source model of this calibration", path=str(out_file))
+    artifacts.refuse_run_files(directory, out_file, manifest, "export")
     problems = artifacts.verify(directory)
     if problems:
         raise artifacts.ArtifactError(f"{directory}: artifacts do not match the manifest: {problems[0]}")

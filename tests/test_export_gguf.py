@@ -112,6 +112,13 @@ def test_bad_outputs_leave_nothing_behind(runs, capsys):
     source = resolve_model("smollm2")
     assert main(["export", str(run), "--format", "gguf", "--out", str(source)]) == 2
     assert "is the source model" in capsys.readouterr().err
+    # the run's own manifest and artifacts are never overwritten
+    manifest = (run / "manifest.json").read_bytes()
+    artifact = next((run / "tensors").iterdir())
+    for own in (run / "manifest.json", artifact):
+        assert main(["export", str(run), "--format", "gguf", "--out", str(own)]) == 2
+        assert "it is a file of the calibration output" in capsys.readouterr().err
+    assert (run / "manifest.json").read_bytes() == manifest
     assert sorted(p.name for p in tmp.iterdir()) == before
 
 
