@@ -120,31 +120,31 @@ def weights_from_gguf(path: str | Path, source: ModelSource, reference: set[str]
     reference model reads). The GGUF must have ``source``'s architecture and,
     for each of those tensors, its name and shape; the first mismatch raises
     `AgreementError` naming the field or tensor."""
+    from tqdm import tqdm
+
     from helix_framework.sources import open_source
 
-    gguf = open_source(path)
-    if gguf.kind != "gguf":
-        raise AgreementError(f"{path}: --candidate takes a .gguf file; this is a {gguf.kind} source")
-    if gguf.architecture != source.architecture:
-        raise AgreementError(f"{path}: general.architecture is {gguf.architecture!r}; "
-                             f"{source.path} is {source.architecture!r}")
-    for info in source.tensors():
-        if info.name not in reference:
-            continue
-        if info.name not in gguf:
-            raise AgreementError(f"{path}: tensor {info.name} is missing (the reference model has it, "
-                                 f"shape {list(info.shape)})")
-        shape = gguf.tensor(info.name).shape
-        if shape != info.shape:
-            raise AgreementError(f"{path}: tensor {info.name} has shape {list(shape)}; "
-                                 f"the reference model's is {list(info.shape)}")
-    out = {}
-    for info in source.tensors():
-        if info.name in reference:
+    with open_source(path) as gguf:
+        if gguf.kind != "gguf":
+            raise AgreementError(f"{path}: --candidate takes a .gguf file; this is a {gguf.kind} source")
+        if gguf.architecture != source.architecture:
+            raise AgreementError(f"{path}: general.architecture is {gguf.architecture!r}; "
+                                 f"{source.path} is {source.architecture!r}")
+        used = [info for info in source.tensors() if info.name in reference]
+        for info in used:
+            if info.name not in gguf:
+                raise AgreementError(f"{path}: tensor {info.name} is missing (the reference model has it, "
+                                     f"shape {list(info.shape)})")
+            shape = gguf.tensor(info.name).shape
+            if shape != info.shape:
+                raise AgreementError(f"{path}: tensor {info.name} has shape {list(shape)}; "
+                                     f"the reference model's is {list(info.shape)}")
+        out = {}
+        for info in tqdm(used, desc="reading candidate", unit="tensor", leave=False):
             w = gguf.read(info.name)
             if not np.array_equal(w, source.read(info.name)):
                 out[info.name] = w
-    return out
+        return out
 
 
 def tensors_read_by_model(source: ModelSource) -> set[str]:
