@@ -114,6 +114,54 @@ def weights_from_config(source: ModelSource, candidate: CandidateConfig, host: A
     return out
 
 
+def weights_from_gguf(path: str | Path, source: ModelSource, reference: set[str]) -> dict[str, np.ndarray]:
+    """The tensors of a GGUF (dequantized to float32 by its type) that differ
+    from ``source``'s, for every tensor in ``reference`` (the names the
+    reference model reads). The GGUF must have ``source``'s architecture and,
+    for each of those tensors, its name and shape; the first mismatch raises
+    `AgreementError` naming the field or tensor."""
+    from tqdm import tqdm
+
+    from helix_framework.sources import open_source
+
+    with open_source(path) as gguf:
+        if gguf.kind != "gguf":
+            raise AgreementError(f"{path}: --candidate takes a .gguf file; this is a {gguf.kind} source")
+        if gguf.architecture != source.architecture:
+            raise AgreementError(f"{path}: general.architecture is {gguf.architecture!r}; "
+                                 f"{source.path} is {source.architecture!r}")
+        used = [info for info in source.tensors() if info.name in reference]
+        for info in used:
+            if info.name not in gguf:
+                raise AgreementError(f"{path}: tensor {info.name} is missing (the reference model has it, "
+                                     f"shape {list(info.shape)})")
+            shape = gguf.tensor(info.name).shape
+            if shape != info.shape:
+                raise AgreementError(f"{path}: tensor {info.name} has shape {list(shape)}; "
+                                     f"the reference model's is {list(info.shape)}")
+        out = {}
+        for info in tqdm(used, desc="reading candidate", unit="tensor", leave=False):
+            w = gguf.read(info.name)
+            if not np.array_equal(w, source.read(info.name)):
+                out[info.name] = w
+        return out
+
+
+def tensors_read_by_model(source: ModelSource) -> set[str]:
+    """Names of the tensors the reference model of ``source`` reads, found by
+    building it from zero-stride placeholders (no tensor is read)."""
+    from helix_framework.reference import load_model
+
+    used: set[str] = set()
+
+    def placeholder(name: str) -> np.ndarray:
+        used.add(name)
+        return np.broadcast_to(np.float32(0), source.tensor(name).shape)
+
+    load_model(source, weight_provider=placeholder)
+    return used
+
+
 def is_encoder(source: ModelSource) -> bool:
     """Whether ``source`` is scored on sentence embeddings (BERT family) rather
     than on teacher-forced tokens; decided from its config, without loading it."""
@@ -165,9 +213,18 @@ def adc_linears(directory: str | Path, host: Any) -> dict[str, Any]:
 
 @attrs.frozen
 class Window:
+    """Tokens read by both models in one forward pass; positions
+    ``first:last`` (``last`` None: to the end) are scored."""
+
     prompt: str
     ids: np.ndarray = attrs.field(repr=False, eq=False)
     next_ids: np.ndarray = attrs.field(repr=False, eq=False)  # -1 where the prompt ends
+    first: int = 0
+    last: int | None = None
+
+    @property
+    def scored(self) -> slice:
+        return slice(self.first, self.ids.size if self.last is None else self.last)
 
 
 def token_windows(tokenizer: Any, prompts: list[Prompt], positions: int, window: int) -> list[Window]:
@@ -186,12 +243,55 @@ def token_windows(tokenizer: Any, prompts: list[Prompt], positions: int, window:
     return out
 
 
+#: largest --text file read (it is tokenized whole)
+TEXT_MAX_BYTES = 64 * 1024 * 1024
+#: what `text_windows` scores, in the output of `helix agree --text`
+TEXT_SCORING = ("second half of each window (positions T/2 .. T-2 of T, predicting tokens T/2+1 .. T-1), "
+                "as llama.cpp's perplexity -f")
+
+
+def read_text(path: str | Path) -> Prompt:
+    """A user's text file (regular file, at most `TEXT_MAX_BYTES`) as a prompt."""
+    from helix_framework.bounded_read import read_regular_file
+
+    data = read_regular_file(path, TEXT_MAX_BYTES, limit_name="size limit of --text")
+    return Prompt(f"text:{Path(path).name}", "user", str(path), data.decode("utf-8", errors="replace"))
+
+
+def text_windows(tokenizer: Any, text: Prompt, positions: int, window: int) -> list[Window]:
+    """llama.cpp's ``perplexity -f`` windows: the text tokenized whole, cut into
+    consecutive windows of ``window`` tokens (a partial last one is dropped),
+    the first token of each replaced by BOS when the tokenizer adds one; in
+    each, positions ``window//2 .. window-2`` are scored (every prediction
+    there has at least ``window//2`` tokens of context). Windows are taken in
+    order until ``positions`` positions are scored."""
+    first = window // 2
+    per = window - 1 - first
+    if per < 1:
+        raise AgreementError(f"--window {window} scores no position with --text; give at least 3")
+    ids = np.asarray(tokenizer.encode(text.text), dtype=np.int64)
+    n = ids.size // window
+    if n == 0:
+        raise AgreementError(f"{text.source}: {ids.size} tokens, fewer than one window of {window}")
+    bos = tokenizer.bos_id if tokenizer.encode("")[:1] == [tokenizer.bos_id] else None
+    out = []
+    for i in range(min(n, -(-positions // per))):
+        chunk = ids[i * window:(i + 1) * window].copy()
+        next_ids = np.append(chunk[1:], -1)
+        if bos is not None:
+            chunk[0] = bos
+        out.append(Window(text.name, chunk, next_ids, first, window - 1))
+    return out
+
+
 # -- the reference cache -------------------------------------------------------
 
 
-def _cache_key(source: ModelSource, prompts: list[Prompt], positions: int, window: int) -> str:
+def _cache_key(source: ModelSource, prompts: list[Prompt], positions: int, window: int, text: bool = False) -> str:
     payload = {"v": CACHE_VERSION, "files": source.file_hashes(), "prompts": [p.sha256 for p in prompts],
                "positions": positions, "window": window}
+    if text:  # other windows than the prompts' from the same text
+        payload["text"] = True
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
 
 
@@ -266,10 +366,14 @@ class AgreeReport:
     prompts: list[dict[str, Any]]
     window: int
     seconds: dict[str, float]
+    scoring: str | None = None  # which positions of a window are scored, when not all
 
     def to_json(self) -> dict[str, Any]:
-        return {**self.result, "model": self.model, "candidate": self.candidate, "engine": self.engine,
-                "prompts": self.prompts, "window": self.window, "seconds": self.seconds}
+        out = {**self.result, "model": self.model, "candidate": self.candidate, "engine": self.engine,
+               "prompts": self.prompts, "window": self.window, "seconds": self.seconds}
+        if self.scoring is not None:
+            out["scoring"] = self.scoring
+        return out
 
 
 def agree(
@@ -282,9 +386,12 @@ def agree(
     window: int = 512,
     source: ModelSource | None = None,
     linears: dict[str, Any] | None = None,
+    text: Prompt | None = None,
 ) -> AgreeReport:
     """Compare the reference model with the same model carrying ``weights``;
     ``linears`` (from `adc_linears`) replace those layers' matrix products.
+    ``text`` (from `read_text`) replaces the prompt set and is read in
+    `text_windows` (scored on each window's second half, as llama.cpp).
     An encoder is scored on every sentence of the prompt set: ``positions``
     and ``window`` apply to decoders only (`helix agree` refuses them for an
     encoder, see `is_encoder`)."""
@@ -294,7 +401,7 @@ def agree(
 
     t0 = time.perf_counter()
     source = source or open_source(resolve_model(model_path))
-    prompts = load_prompts(prompts_dir)
+    prompts = [text] if text is not None else load_prompts(prompts_dir)
     candidate = load_model(source, weights=weights)
     for name, fn in (linears or {}).items():
         candidate.set_linear(name, fn)
@@ -305,8 +412,12 @@ def agree(
         result = _embedding_agreement(load_model(source), candidate, tokenizer, prompts)
         return AgreeReport(result, str(model_path), candidate_name, engine, [p.to_json() for p in prompts], 0,
                            {"load": t1 - t0, "run": time.perf_counter() - t1})
-    windows = token_windows(tokenizer, prompts, positions, window)
-    ref_logits, ref_hidden = reference_outputs(lambda: load_model(source), source, windows, _cache_key(source, prompts, positions, window))
+    if text is not None:
+        windows = text_windows(tokenizer, text, positions, window)
+    else:
+        windows = token_windows(tokenizer, prompts, positions, window)
+    key = _cache_key(source, prompts, positions, window, text=text is not None)
+    ref_logits, ref_hidden = reference_outputs(lambda: load_model(source), source, windows, key)
     t2 = time.perf_counter()
     acc = AgreementAccumulator()
     err = np.zeros(ref_hidden.shape[0])
@@ -315,7 +426,9 @@ def agree(
     for w in windows:
         logits, hidden = candidate.forward(w.ids, return_hidden=True)
         span = slice(offset, offset + w.ids.size)
-        acc.add(ref_logits.rows(span.start, span.stop), logits, w.next_ids, np.arange(span.start, span.stop))
+        sc = w.scored
+        acc.add(ref_logits.rows(offset + sc.start, offset + sc.stop), logits[sc], w.next_ids[sc],
+                np.arange(offset + sc.start, offset + sc.stop))
         ref_h = ref_hidden.rows(span.start, span.stop, axis=1).astype(np.float64)
         err += ((np.stack(hidden).astype(np.float64) - ref_h) ** 2).sum(axis=(1, 2))
         norm += (ref_h**2).sum(axis=(1, 2))
@@ -327,6 +440,7 @@ def agree(
         result, str(model_path), candidate_name, engine,
         [p.to_json() for p in prompts if p.name in used], window,
         {"load": t1 - t0, "reference": t2 - t1, "candidate": time.perf_counter() - t2},
+        TEXT_SCORING if text is not None else None,
     )
 
 

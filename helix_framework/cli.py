@@ -216,7 +216,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_agree(args: argparse.Namespace) -> int:
-    from helix_framework.agree import agree, is_encoder, weights_from_artifacts, weights_from_config
+    from helix_framework.agree import (
+        agree, is_encoder, read_text, tensors_read_by_model, weights_from_artifacts, weights_from_config,
+        weights_from_gguf,
+    )
     from helix_framework.artifacts import read_manifest
     from helix_framework.calibrate import mark_partial, partial_of
     from helix_framework.config import load_candidate
@@ -230,7 +233,7 @@ def cmd_agree(args: argparse.Namespace) -> int:
 
     host = get_host()
     source = open_source(resolve_model(args.model))
-    given = [f"--{k}" for k in ("positions", "window") if getattr(args, k) is not None]
+    given = [f"--{k}" for k in ("positions", "window", "text") if getattr(args, k) is not None]
     if given and is_encoder(source):
         raise AgreementError(f"{' and '.join(given)} {'apply' if len(given) > 1 else 'applies'} to decoders only; "
                              f"{args.model} is an encoder, scored on "
@@ -239,13 +242,17 @@ def cmd_agree(args: argparse.Namespace) -> int:
         raise AgreementError("--engine adc runs from codes: give --artifacts DIR (a calibration output)")
     if args.artifacts:
         weights, name = weights_from_artifacts(args.artifacts, source, host), str(args.artifacts)
+    elif args.candidate:
+        weights = weights_from_gguf(args.candidate, source, tensors_read_by_model(source))
+        name = str(args.candidate)
     else:
         candidate = load_candidate(args.config, host)
         weights, name = weights_from_config(source, candidate, host), candidate.name
     linears = adc_linears(args.artifacts, host) if args.engine == "adc" else None
     report = agree(args.model, weights=weights, candidate_name=name, prompts_dir=args.prompts,
                    positions=MIN_POSITIONS if args.positions is None else args.positions,
-                   window=512 if args.window is None else args.window, source=source, linears=linears)
+                   window=512 if args.window is None else args.window, source=source, linears=linears,
+                   text=read_text(args.text) if args.text else None)
     data = report.to_json()
     if args.artifacts:
         data = mark_partial(data, partial_of(read_manifest(Path(args.artifacts))["tensors"]))
@@ -253,7 +260,49 @@ def cmd_agree(args: argparse.Namespace) -> int:
         _print_json(data)
     else:
         print_agreement(data)
+        if args.llamacpp_report and data.get("llamacpp"):
+            print()
+            print(llamacpp_report(data["llamacpp"]))
     return EXIT_OK if data["certified"] else EXIT_FAIL
+
+
+def llamacpp_report(s: dict[str, float]) -> str:
+    """The summary of llama.cpp's ``perplexity --kl-divergence``, line for line
+    in its layout (its labels, widths and percent scaling)."""
+    lines = ["====== Perplexity statistics ======"]
+    if "ppl_q" in s:
+        lines += [
+            f"Mean PPL(Q)                   : {s['ppl_q']:10.6f} ± {s['ppl_q_unc']:10.6f}",
+            f"Mean PPL(base)                : {s['ppl_base']:10.6f} ± {s['ppl_base_unc']:10.6f}",
+        ]
+        if "ln_ppl_correlation" in s:
+            lines.append(f"Cor(ln(PPL(Q)), ln(PPL(base))): {100 * s['ln_ppl_correlation']:6.2f}%")
+        lines += [
+            f"Mean ln(PPL(Q)/PPL(base))     : {s['ln_ppl_ratio']:10.6f} ± {s['ln_ppl_ratio_unc']:10.6f}",
+            f"Mean PPL(Q)/PPL(base)         : {s['ppl_ratio']:10.6f} ± {s['ppl_ratio_unc']:10.6f}",
+            f"Mean PPL(Q)-PPL(base)         : {s['ppl_diff']:10.6f} ± {s['ppl_diff_unc']:10.6f}",
+        ]
+    lines += ["", "====== KL divergence statistics ======",
+              f"Mean    KLD: {s['kld_mean']:10.6f} ± {s['kld_mean_unc']:10.6f}",
+              f"Maximum KLD: {s['kld_max']:10.6f}"]
+    lines += [f"{_pct_label(q)}   KLD: {s[f'kld_p{q:g}']:10.6f}" for q in (99.9, 99.0, 95.0, 90.0)]
+    lines.append(f"Median  KLD: {s['kld_median']:10.6f}")
+    lines += [f"{_pct_label(q)}   KLD: {s[f'kld_p{q:g}']:10.6f}" for q in (10.0, 5.0, 1.0, 0.1)]
+    lines += [f"Minimum KLD: {s['kld_min']:10.6f}", "", "====== Token probability statistics ======"]
+    if "dp_mean" in s:
+        lines += [f"Mean    Δp: {100 * s['dp_mean']:6.3f} ± {100 * s['dp_mean_unc']:5.3f} %",
+                  f"Maximum Δp: {100 * s['dp_max']:6.3f}%"]
+        lines += [f"{_pct_label(q)}   Δp: {100 * s[f'dp_p{q:g}']:6.3f}%" for q in (99.9, 99.0, 95.0, 90.0, 75.0)]
+        lines.append(f"Median  Δp: {100 * s['dp_median']:6.3f}%")
+        lines += [f"{_pct_label(q)}   Δp: {100 * s[f'dp_p{q:g}']:6.3f}%" for q in (25.0, 10.0, 5.0, 1.0, 0.1)]
+        lines += [f"Minimum Δp: {100 * s['dp_min']:6.3f}%",
+                  f"RMS Δp    : {100 * s['rms_dp']:6.3f} ± {100 * s['rms_dp_unc']:5.3f} %"]
+    lines.append(f"Same top p: {100 * s['same_top']:6.3f} ± {100 * s['same_top_unc']:5.3f} %")
+    return "\n".join(lines)
+
+
+def _pct_label(q: float) -> str:
+    return f"{q:4.1f}%"
 
 
 def print_agreement(data: dict[str, Any]) -> None:
@@ -279,6 +328,8 @@ def print_agreement(data: dict[str, Any]) -> None:
     if "candidate" in seconds:
         rows.append(("candidate forward seconds", f"{seconds['candidate']:.1f} ({data['engine']} engine)"))
     print(f"token agreement of {data['candidate']} on {data['model']}")
+    if data.get("scoring"):
+        print(f"scored positions (KL, top-1, perplexity): {data['scoring']}")
     print(_table(rows, ("figure", "value")))
     print(data["verdict"])
 
@@ -633,7 +684,13 @@ def build_parser() -> argparse.ArgumentParser:
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--artifacts", metavar="DIR", help="a calibration output of MODEL")
     which.add_argument("--config", metavar="FILE", help="a candidate, calibrated in memory")
-    p.add_argument("--prompts", metavar="DIR", help="directory of *.txt prompts (default: the built-in set)")
+    which.add_argument("--candidate", metavar="FILE.gguf",
+                       help="a quantized GGUF of MODEL's architecture and tensor shapes (e.g. from llama.cpp)")
+    text = p.add_mutually_exclusive_group()
+    text.add_argument("--prompts", metavar="DIR", help="directory of *.txt prompts (default: the built-in set)")
+    text.add_argument("--text", metavar="FILE",
+                      help="a text file read as llama.cpp's perplexity -f does: consecutive windows, each "
+                           "scored on its second half (decoders only)")
     p.add_argument("--positions", type=int, metavar="N",
                    help="teacher-forced positions of a decoder (default 2000); refused for an encoder, which is "
                         "scored on every sentence of the prompt set")
@@ -641,6 +698,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tokens per independent window of a decoder (default 512); refused for an encoder")
     p.add_argument("--engine", choices=("dense", "adc"), default="dense",
                    help="adc: compressed layers multiply from their codes (codecs with compressed_matmul)")
+    p.add_argument("--llamacpp-report", action="store_true",
+                   help="also print the statistics in the layout of llama.cpp's perplexity --kl-divergence")
     p.add_argument("--json", action="store_true", help="print every figure as JSON")
     p.set_defaults(func=cmd_agree)
 

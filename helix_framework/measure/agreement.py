@@ -50,6 +50,8 @@ class AgreementResult:
     certified: bool
     verdict: str
     per_layer: list[float] = attrs.field(factory=list)
+    #: the figures of llama.cpp's ``perplexity --kl-divergence`` block (`llamacpp_stats`)
+    llamacpp: dict[str, float] = attrs.field(factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         out = attrs.asdict(self)
@@ -184,4 +186,66 @@ class AgreementAccumulator:
             divergence_positions=[int(p) for p in positions[~top1]],
             certified=certified,
             verdict=verdict,
+            llamacpp=llamacpp_stats(kl, nll_ref, nll_cand, dp, top1),
         )
+
+
+#: percentiles of llama.cpp's KLD and Δp tables (it also prints the maximum, median and minimum)
+KLD_PERCENTILES = (99.9, 99.0, 95.0, 90.0, 10.0, 5.0, 1.0, 0.1)
+DP_PERCENTILES = (99.9, 99.0, 95.0, 90.0, 75.0, 25.0, 10.0, 5.0, 1.0, 0.1)
+
+
+def _mean_and_uncertainty(x: np.ndarray) -> tuple[float, float]:
+    """Mean and its standard error as llama.cpp computes them: from the sums of
+    x and x², and 0 for 10 values or fewer."""
+    n = x.size
+    if n < 1:
+        return 0.0, 0.0
+    f = float(x.sum() / n)
+    df = float((x * x).sum() / n - f * f)
+    return f, (float(np.sqrt(df / (n - 1))) if df > 0 and n > 10 else 0.0)
+
+
+def llamacpp_stats(kl: np.ndarray, nll_ref: np.ndarray, nll_cand: np.ndarray, dp: np.ndarray,
+                   top1: np.ndarray) -> dict[str, float]:
+    """The statistics of llama.cpp's ``perplexity --kl-divergence`` summary,
+    with its definitions: ``*_unc`` are its ± (standard errors from sums of
+    squares, propagated through exp and the ln-ratio with the covariance of
+    the two log-perplexities); percentiles interpolate linearly between sorted
+    values; ``same_top`` is the top-1 agreement with sqrt(p(1-p)/(n-1)).
+    Perplexity and Δp are over positions with a next token, KL and top-1 over
+    all. Differences from llama.cpp: the reference's log-probabilities are
+    exact here (llama.cpp stores them as 16-bit codes and drops terms below
+    e^-16 from the KL sum)."""
+    out: dict[str, float] = {}
+    n = nll_ref.size
+    if n:
+        lq, lq_unc = _mean_and_uncertainty(nll_cand)
+        lb, lb_unc = _mean_and_uncertainty(nll_ref)
+        cov = float((nll_cand * nll_ref).sum() / n - (nll_cand.sum() / n) * (nll_ref.sum() / n)) / (n - 1) if n >= 10 else 0.0
+        ppl_q, ppl_b = float(np.exp(lq)), float(np.exp(lb))
+        ln_ratio_unc = float(np.sqrt(max(lq_unc**2 + lb_unc**2 - 2 * cov, 0.0)))
+        ratio = float(np.exp(lq - lb))
+        out.update(
+            ppl_q=ppl_q, ppl_q_unc=ppl_q * lq_unc, ppl_base=ppl_b, ppl_base_unc=ppl_b * lb_unc,
+            ln_ppl_ratio=lq - lb, ln_ppl_ratio_unc=ln_ratio_unc,
+            ppl_ratio=ratio, ppl_ratio_unc=ratio * ln_ratio_unc,
+            ppl_diff=ppl_q - ppl_b,
+            ppl_diff_unc=float(np.sqrt(max((ppl_q * lq_unc) ** 2 + (ppl_b * lb_unc) ** 2 - 2 * ppl_q * ppl_b * cov, 0.0))),
+        )
+        if lq_unc > 0 and lb_unc > 0:
+            out["ln_ppl_correlation"] = cov / (lq_unc * lb_unc)
+        dp_mean, dp_unc = _mean_and_uncertainty(dp)
+        mse, mse_unc = _mean_and_uncertainty(dp * dp)
+        rms = float(np.sqrt(mse))
+        out.update(dp_mean=dp_mean, dp_mean_unc=dp_unc, rms_dp=rms, rms_dp_unc=0.5 / rms * mse_unc if rms > 0 else 0.0,
+                   dp_max=float(dp.max()), dp_median=float(np.median(dp)), dp_min=float(dp.min()))
+        out.update({f"dp_p{q:g}": float(v) for q, v in zip(DP_PERCENTILES, np.percentile(dp, DP_PERCENTILES))})
+    kld, kld_unc = _mean_and_uncertainty(kl)
+    out.update(kld_mean=kld, kld_mean_unc=kld_unc, kld_max=float(kl.max()), kld_median=float(np.median(kl)),
+               kld_min=float(kl.min()))
+    out.update({f"kld_p{q:g}": float(v) for q, v in zip(KLD_PERCENTILES, np.percentile(kl, KLD_PERCENTILES))})
+    m = kl.size
+    same = float(top1.mean())
+    out.update(same_top=same, same_top_unc=float(np.sqrt(same * (1 - same) / (m - 1))) if m > 1 else 0.0)
+    return out
