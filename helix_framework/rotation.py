@@ -79,6 +79,14 @@ class Rotation:
     def invert(self, state: RotationState, rows: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def rows_of(self, state: RotationState, rows: np.ndarray) -> np.ndarray:
+        """``rows`` as float32 [n, row_dim], checked against the width the state
+        was fitted on (``state.meta["row_dim"]``); a helper for ``apply``/``invert``."""
+        x = np.asarray(rows)
+        if x.ndim != 2 or x.shape[1] != state.meta["row_dim"]:
+            raise ValueError(f"{self.name} state is for rows of width {state.meta['row_dim']}; got shape {x.shape}")
+        return x.astype(np.float32, copy=False)
+
     def overhead_bits(self, state: RotationState) -> int:
         return sum(int(a.nbytes) * 8 for a in state.arrays.values())
 

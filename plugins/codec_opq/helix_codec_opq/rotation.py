@@ -158,15 +158,8 @@ class OpqRotation(Rotation):
         }
         return RotationState(arrays={"matrix": R32}, meta=meta)
 
-    @staticmethod
-    def _rows(state: RotationState, rows: np.ndarray) -> np.ndarray:
-        x = np.asarray(rows)
-        if x.ndim != 2 or x.shape[1] != state.meta["row_dim"]:
-            raise ValueError(f"opq state is for rows of width {state.meta['row_dim']}; got shape {x.shape}")
-        return x.astype(np.float32, copy=False)
-
     def apply(self, state: RotationState, rows: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(self._rows(state, rows) @ np.asarray(state.arrays["matrix"], np.float32))
+        return np.ascontiguousarray(self.rows_of(state, rows) @ np.asarray(state.arrays["matrix"], np.float32))
 
     def invert(self, state: RotationState, rows: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(self._rows(state, rows) @ np.asarray(state.arrays["matrix"], np.float32).T)
+        return np.ascontiguousarray(self.rows_of(state, rows) @ np.asarray(state.arrays["matrix"], np.float32).T)

@@ -105,22 +105,15 @@ class AwqRotation(Rotation):
     def _round_trip(self, codec, codec_params, state, w, stats, seed) -> np.ndarray:
         """The codec's reconstruction of ``w`` under this scaling, back in the original basis."""
         ws = self.apply(state, w)
-        kwargs = {"stats": self.transform_stats(state, stats)} if getattr(codec, "takes_stats", False) else {}
+        kwargs = {"stats": self.transform_stats(state, stats)} if codec.takes_stats else {}
         cstate = codec.fit(ws, codec_params, np.random.default_rng(seed), **kwargs)
         return self.invert(state, codec.decode(cstate, codec.encode(cstate, ws, **kwargs)))
 
-    @staticmethod
-    def _rows(state: RotationState, rows: np.ndarray) -> np.ndarray:
-        x = np.asarray(rows)
-        if x.ndim != 2 or x.shape[1] != state.meta["row_dim"]:
-            raise ValueError(f"awq state is for rows of width {state.meta['row_dim']}; got shape {x.shape}")
-        return x.astype(np.float32, copy=False)
-
     def apply(self, state: RotationState, rows: np.ndarray) -> np.ndarray:
-        return self._rows(state, rows) * np.asarray(state.arrays["scales"], dtype=np.float32)
+        return self.rows_of(state, rows) * np.asarray(state.arrays["scales"], dtype=np.float32)
 
     def invert(self, state: RotationState, rows: np.ndarray) -> np.ndarray:
-        return self._rows(state, rows) / np.asarray(state.arrays["scales"], dtype=np.float32)
+        return self.rows_of(state, rows) / np.asarray(state.arrays["scales"], dtype=np.float32)
 
     def transform_stats(self, state: RotationState, stats: LayerStats) -> LayerStats:
         """``diag(1/s) H diag(1/s)``: the statistics of the inputs ``X diag(1/s)``."""
