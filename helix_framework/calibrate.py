@@ -124,6 +124,12 @@ class Components:
     measurements: tuple[Any, ...]
     codec_reg: Any
     rotation_reg: Any
+    choices: tuple[Components, ...] = ()
+
+    def for_tensor(self, name: str) -> Components:
+        """The components that compress ``name`` (a route choice's, or these)."""
+        i = self.candidate.choice_index(name)
+        return self if i is None else self.choices[i]
 
 
 def resolve(candidate: CandidateConfig, host: Any = None) -> Components:
@@ -134,7 +140,8 @@ def resolve(candidate: CandidateConfig, host: Any = None) -> Components:
     codec_reg = host.lookup("codec", candidate.codec)
     rotation_reg = host.lookup("rotation", candidate.rotation.kind)
     measurements = tuple(host.measurement(m) for m in candidate.measure if host.measurement(m).scope == "tensor")
-    return Components(candidate, codec_reg.obj, rotation_reg.obj, measurements, codec_reg, rotation_reg)
+    choices = tuple(resolve(c.candidate, host) for c in candidate.choices)
+    return Components(candidate, codec_reg.obj, rotation_reg.obj, measurements, codec_reg, rotation_reg, choices)
 
 
 @attrs.frozen
@@ -228,7 +235,9 @@ def _rotated_stats(comp: Components, rot_state: RotationState, stats: LayerStats
 
 def calibrate_matrix(x: np.ndarray, name: str, comp: Components, stats: BlockStats | None = None) -> TensorResult:
     """Fit, encode, decode and measure one 2-D float32 matrix (with its
-    layer statistics in a data-aware candidate)."""
+    layer statistics in a data-aware candidate; a route choice's components
+    compress it when the candidate has one for ``name``)."""
+    comp = comp.for_tensor(name)
     cand = comp.candidate
     split = split_rows(x.shape[0], cand.rows, cand.in_sample, name)
     fitted = fit_reconstruct(x, split.calibration, comp, cand.params, name, tensor_rng(cand.rows.seed, name),
@@ -638,6 +647,12 @@ def _calibrate_one(
         return entry
     if stats is not None and (reshape is not None or stats.fit.hessian.shape[0] != x.shape[1]):
         raise CalibrationError(f"tensor {name!r}: its rows do not match the layer's inputs; cannot use statistics")
+    chosen = comp.for_tensor(name)
+    if chosen is not comp:
+        entry["choice"] = {"candidate": chosen.candidate.name, "codec": _plugin_json(chosen.codec_reg),
+                           "rotation": _plugin_json(chosen.rotation_reg), "config": chosen.candidate.to_json()}
+    entry["candidate"] = chosen.candidate.name
+    comp = chosen
     result = calibrate_matrix(x, name, comp, **({"stats": stats} if stats is not None else {}))
     if keep is not None:
         keep[name] = result.reconstruction
@@ -749,8 +764,9 @@ def reconstruct(entry: dict[str, Any], directory: Path, host: Any, manifest: dic
     """Rebuild one codec-routed tensor from its artifact (float32, source shape)."""
     arrays = artifacts.read_safetensors(directory / entry["files"][0]["file"])
     codes, state, rot = split_arrays(arrays)
-    codec = host.codec(manifest["codec"]["name"])
-    rotation = host.rotation(manifest["rotation"]["name"])
+    plugins = artifacts.compressed_by(entry, manifest)
+    codec = host.codec(plugins["codec"]["name"])
+    rotation = host.rotation(plugins["rotation"]["name"])
     meta = entry["codec_meta"]
     rows = codec.decode(CodecState(state, meta["state"]), Codes(codes, meta["codes"]))
     rows = rotation.invert(RotationState(rot, entry["rotation_meta"]), rows)

@@ -83,6 +83,9 @@ def cmd_check(args: argparse.Namespace) -> int:
             label = " (in-sample)" if candidate.in_sample else ""
             print(f"ok  {path}: candidate {candidate.name}{label} codec={candidate.codec} "
                   f"rotation={candidate.rotation.kind} kernel_signature={sig[:16]}")
+            for choice in candidate.choices:
+                c = choice.candidate
+                print(f"    routes /{choice.match}/ -> {c.name} codec={c.codec} rotation={c.rotation.kind}")
         except HelixError as exc:
             failed += 1
             print(f"helix: error: {exc}", file=sys.stderr)

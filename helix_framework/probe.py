@@ -70,7 +70,8 @@ def _cap_centroids(params: Any, rows: int) -> tuple[Any, int | None]:
 
 def probe(model: str | Path, tensor: str, candidate: CandidateConfig, rows: list[int | str], host: Any = None) -> list[ProbeRow]:
     """Run the row-count probe on one tensor of ``model``."""
-    comp = resolve(candidate, host)
+    comp = resolve(candidate, host).for_tensor(tensor)
+    candidate = comp.candidate  # a route choice's, when the config routes this tensor to one
     model = resolve_model(model)
     with open_source(model) as source:
         info = source.tensor(tensor)
