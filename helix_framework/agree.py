@@ -82,11 +82,13 @@ def weights_from_artifacts(directory: str | Path, source: ModelSource, host: Any
 
 def weights_from_config(source: ModelSource, candidate: CandidateConfig, host: Any,
                         tensors: str | None = None,
-                        on_tensor: Callable[[int, int, str], None] | None = None) -> dict[str, np.ndarray]:
+                        on_tensor: Callable[[int, int, str], None] | None = None,
+                        bits: dict[str, float] | None = None) -> dict[str, np.ndarray]:
     """Fit every routed matrix in memory (on its calibration rows, and for a
     data-aware candidate block by block with its layer statistics, exactly as
     `helix calibrate` does) and keep the reconstructions. ``on_tensor(i, n,
-    name)`` is called before each tensor; an exception it raises stops the fit."""
+    name)`` is called before each tensor; an exception it raises stops the fit.
+    ``bits``, if given, receives each tensor's total bits (codes, overhead, rotation)."""
     comp = resolve(candidate, host)
     selector = tensor_selector(tensors)
     require_selection(selector, source.tensors(), candidate.routes)
@@ -102,6 +104,8 @@ def weights_from_config(source: ModelSource, candidate: CandidateConfig, host: A
         fitted = fit_reconstruct(routed.rows, split.calibration, chosen, cand.params, info.name,
                                  tensor_rng(cand.rows.seed, info.name), stats=stats.fit if stats is not None else None)
         out[info.name] = fitted.reconstruction.reshape(info.shape)
+        if bits is not None:
+            bits[info.name] = fitted.bits["total_bits"]
         return out[info.name]
 
     infos = source.tensors()

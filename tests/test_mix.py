@@ -119,12 +119,14 @@ def _write(tmp_path, name, data):
     ({"match": "x", "candidate": 3}, "$.routes[0].candidate", "expected a candidate file name or mapping"),
     ({"match": "x", "codec": "rtn", "params": {"bits": 1}}, "$.routes[0].params.bits", ""),
     ({"match": "x", "codec": "nope"}, "$.routes[0].codec", "nope"),
-    ({"match": "x", "candidate": "routed.yaml"}, "$.routes[0].candidate", "has routes of its own"),
+    ({"match": "x", "candidate": "routed.yaml"}, "$.routes[0].candidate", "route rules other than this config's"),
+    ({"match": "x", "candidate": "mixed.yaml"}, "$.routes[0].candidate", "is a mix itself"),
     ({"match": "x", "candidate": "aware.yaml"}, "$.routes[0].candidate", "is data-aware"),
 ])
 def test_bad_choice_rules_name_the_key(tmp_path, rule, key, words):
     _write(tmp_path, "routed.yaml", {"name": "r", "codec": "rtn", "routes": [{"match": "a", "route": "skip"}]})
     _write(tmp_path, "aware.yaml", {"name": "a", "codec": "rtn", "calibration": CAL})
+    _write(tmp_path, "mixed.yaml", {"name": "m", "codec": "rtn", "routes": [{"match": "a", "codec": "rtn"}]})
     path = _write(tmp_path, "top.yaml", {"name": "top", "codec": "rtn", "routes": [rule]})
     with pytest.raises(ConfigError) as info:
         load_candidate(path)

@@ -352,9 +352,13 @@ def _choice(i: int, rule: Mapping[str, Any], data: Mapping[str, Any], mix: Candi
         else:
             raise ConfigError(f"expected a candidate file name or mapping, got {type_name(value)}",
                               path=f"{at}.candidate")
-        if sub.choices or sub.routes:
-            raise ConfigError(f"candidate {sub.name!r} has routes of its own; a candidate named in routes "
-                              "must not (the enclosing config routes every tensor)", path=f"{at}.candidate")
+        if sub.choices:
+            raise ConfigError(f"candidate {sub.name!r} is a mix itself (candidate or codec routes); a candidate "
+                              "named in routes must be uniform", path=f"{at}.candidate")
+        if sub.routes and sub.routes != mix.routes:
+            raise ConfigError(f"candidate {sub.name!r} has route rules other than this config's; the enclosing "
+                              "config routes every tensor: give both the same rules, or none in the candidate",
+                              path=f"{at}.candidate")
         if sub.calibration is not None and mix.calibration is None:
             raise ConfigError(f"candidate {sub.name!r} is data-aware: give this config the same calibration: "
                               "section (one calibration pass serves every tensor)", path=f"{at}.candidate")
