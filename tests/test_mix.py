@@ -161,3 +161,23 @@ def test_serve_resolves_candidate_files_inside_its_roots_only(tmp_path):
     with pytest.raises(RequestError) as info:
         _rooted_route_files(lab, {"routes": [{"match": "x", "candidate": str(tmp_path / "b.yaml")}]}, "$.candidate")
     assert info.value.status == 403
+
+
+def test_a_sweep_accepts_route_choices(tmp_path):
+    from helix_framework.sweep import expand, load_sweep
+
+    (tmp_path / "eight.yaml").write_text(yaml.safe_dump({"name": "eight", "codec": "rtn",
+                                                         "params": {"bits": 8, "group_size": 16}, "rows": ROWS}))
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "s", "codec": "rtn", "grid": {"bits": [2, 3]},
+        "fixed": {"group_size": 16, "rows": ROWS,
+                  "routes": [{"match": r"layers\.0\.", "candidate": "eight.yaml"},
+                             {"match": "down_proj", "codec": "rtn", "params": {"bits": 6, "group_size": 16}}]}}))
+    points = expand(load_sweep(path))
+    assert [p.error for p in points] == [None, None]
+    for p, bits in zip(points, (2, 3)):
+        assert p.candidate.params.bits == bits
+        assert p.candidate.for_tensor("model.layers.0.mlp.up_proj.weight").name == "eight"  # beside the sweep file
+        assert p.candidate.for_tensor("model.layers.1.mlp.down_proj.weight").params.bits == 6
+    assert points[0].key != points[1].key
