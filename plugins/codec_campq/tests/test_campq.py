@@ -226,7 +226,7 @@ def test_jit_and_numpy_reference_agree(monkeypatch):
     s_jit, c_jit, y_jit = round_trip(params, train, x)
     monkeypatch.setenv("HELIX_JIT_DISABLE", "1")
     s_ref, c_ref, y_ref = round_trip(params, train, x)
-    # training uses float64 assignments: the same codebooks either way
+    # training codes follow the float64 tie rule: the same codebooks either way
     for key in s_jit.arrays:
         np.testing.assert_array_equal(s_jit.arrays[key], s_ref.arrays[key])
     widths = s_jit.meta["widths"]
