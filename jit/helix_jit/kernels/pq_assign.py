@@ -199,10 +199,10 @@ def emit(lw: LaneWidth, c: Mapping) -> str:
                             dd = f.v(f"call {VC} @llvm.fmuladd.v{L}{suffix}({VC} {a}, {VC} {m2}, {VC} {cnv})")
                             lt = f.v(f"fcmp olt {VC} {dd}, {f.load(VC, bv[r], 64)}")
                         if want_gap:
-                            # per lane second best: min(second, the loser of best vs dd)
-                            loser = f.v(f"select <{L} x i1> {lt}, {VC} {f.load(VC, bv[r], 64)}, {VC} {dd}")
+                            # per lane second best: the old best if dd wins, else min(second, dd)
                             s0 = f.load(VC, sv[r], 64)
-                            f.store(VC, f.v(f"select <{L} x i1> {f.v(f'fcmp olt {VC} {loser}, {s0}')}, {VC} {loser}, {VC} {s0}"), sv[r], 64)
+                            smin = f.v(f"select <{L} x i1> {f.v(f'fcmp olt {VC} {dd}, {s0}')}, {VC} {dd}, {VC} {s0}")
+                            f.store(VC, f.v(f"select <{L} x i1> {lt}, {VC} {f.load(VC, bv[r], 64)}, {VC} {smin}"), sv[r], 64)
                         f.store(VC, f.v(f"select <{L} x i1> {lt}, {VC} {dd}, {VC} {f.load(VC, bv[r], 64)}"), bv[r], 64)
                         bsel = f.v(f"select <{L} x i1> {lt}, <{L} x i32> {idx}, <{L} x i32> {f.load(f'<{L} x i32>', bi[r], 64)}")
                         f.store(f"<{L} x i32>", bsel, bi[r], 64)
