@@ -53,7 +53,7 @@ from helix_jit.kernels._pq import (
 )
 from helix_jit.lanes import LaneWidth
 
-VERSION = "3"
+VERSION = "4"
 
 #: The ``dist`` constant: what the kernel writes to its float32 [n, M] output.
 #: GAP: (second best - best distance) / (||x||^2 + 2 max ||c||^2), for the tie rule.
