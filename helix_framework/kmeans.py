@@ -267,6 +267,9 @@ def _kmeans_pp_single(x: np.ndarray, xs: np.ndarray, xn2: np.ndarray, k: int, rn
     blocks = np.zeros((nb, _DRAW_BLOCK), np.float32)
     d2 = blocks.reshape(-1)[:n]
     d2[:] = np.inf
+    # [x, ||x||^2, 1] . [-2c, 1, ||c||^2] = ||x - c||^2 in one matrix-vector product
+    xa = np.concatenate([xs, xn2[:, None], np.ones((n, 1), np.float32)], axis=1)
+    ca = np.ones(xs.shape[1] + 2, np.float32)
     t = np.empty(n, np.float32)
     pick = int(rng.integers(0, n, size=1)[0])
     for j in range(k):
@@ -277,10 +280,9 @@ def _kmeans_pp_single(x: np.ndarray, xs: np.ndarray, xn2: np.ndarray, k: int, rn
         cents[j] = c
         if j + 1 == k:
             break
-        np.matmul(xs, c, out=t)
-        t *= np.float32(-2)
-        t += xn2
-        t += np.float32(c @ c)
+        ca[:-2] = np.float32(-2) * c
+        ca[-1] = c @ c
+        np.matmul(xa, ca, out=t)
         np.minimum(d2, t, out=d2)
         np.maximum(d2, np.float32(0), out=d2)
         if pick >= 0:
@@ -298,16 +300,22 @@ def _draw(blocks: np.ndarray, r: float) -> int:
     """Index drawn with probability proportional to its weight in ``blocks``
     [nb, 64] (``r`` uniform in [0, 1)), or -1 when every weight is 0. Float64
     running sums over the block sums, then within the chosen block; never an
-    index of weight 0."""
-    bcum = np.cumsum(blocks.sum(axis=1), dtype=np.float64)
+    index of weight 0 (a draw rounded past the last weight takes the last
+    positive one)."""
+    sums = blocks.sum(axis=1)
+    bcum = np.cumsum(sums, dtype=np.float64)
     if not bcum[-1] > 0:
         return -1
     u = r * bcum[-1]
-    b = min(int(np.searchsorted(bcum, u, side="right")), int(np.flatnonzero(bcum < bcum[-1]).size))
+    b = int(np.searchsorted(bcum, u, side="right"))
+    if b >= sums.size or sums[b] == 0:
+        b = int(np.flatnonzero(sums)[-1])
     u -= bcum[b - 1] if b else 0.0
-    cum = np.cumsum(blocks[b], dtype=np.float64)
-    i = min(int(np.searchsorted(cum, u, side="right")), int(np.flatnonzero(cum < cum[-1]).size))
-    return b * blocks.shape[1] + i
+    row = blocks[b]
+    i = int(np.searchsorted(np.cumsum(row, dtype=np.float64), u, side="right"))
+    if i >= row.size or row[i] == 0:
+        i = int(np.flatnonzero(row)[-1])
+    return b * row.size + i
 
 
 def _sq_distances(xs: np.ndarray, xn2: np.ndarray, c: np.ndarray, starts: np.ndarray, near_tol: np.float32) -> np.ndarray:
