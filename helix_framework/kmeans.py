@@ -48,6 +48,7 @@ import attrs
 import numpy as np
 
 import helix_jit
+from helix_jit.kernels.kmeanspp import kmeanspp_draws, sq_distances
 from helix_jit.lanes import LaneWidth
 
 __all__ = [
@@ -215,7 +216,7 @@ def _kmeans_pp(
     if M * n_init * n_init <= _PAIRWISE_LIMIT:
         return _kmeans_pp_pairwise(x, xs, cols, cents, k, rng)
     if M == 1:
-        cents[0][:] = _kmeans_pp_single(x, xs, xn2[0].astype(np.float32), k, rng)
+        cents[0][:] = _kmeans_pp_single(x, xs, k, rng)
         return cents
     xn2 = xn2.astype(np.float32)
     d2 = np.full((M, n_init), np.inf, np.float32)
@@ -247,75 +248,35 @@ def _kmeans_pp(
     return cents
 
 
-def _kmeans_pp_single(x: np.ndarray, xs: np.ndarray, xn2: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """D^2 seeding of one subspace (the shared-codebook case, the hot one) in
-    a few vectorised passes over the subsample per step (`_draw`).
+def _kmeans_pp_single(x: np.ndarray, xs: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """D^2 seeding of one subspace (the shared-codebook case, the hot one):
+    the k sequential draws run in one ``kmeanspp_draws`` kernel call (numpy
+    reference under ``HELIX_JIT_DISABLE=1``, the same picks).
 
-    Distances are ||x||^2 + ||c||^2 - 2 x.c in float32, clamped at 0; the
-    exact duplicates of each chosen point (grouped once, by value) are set to
-    0 so they are never drawn again.
+    Distances are float32 sums of squared differences, so duplicates of a
+    chosen point have D = 0 and are never drawn again. When the subsample
+    runs out of distinct points the kernel stops and the next centroid comes
+    from the full set (`_unseen_point`), as in `_kmeans_pp`.
     """
     n = xs.shape[0]
-    keys = np.ascontiguousarray(xs + np.float32(0.0)).view(np.dtype((np.void, 4 * xs.shape[1]))).ravel()
-    _, group, sizes = np.unique(keys, return_inverse=True, return_counts=True)
-    order = np.argsort(group, kind="stable")
-    first = np.concatenate([[0], np.cumsum(sizes)])
+    xt = np.ascontiguousarray(xs.T)
     cents = np.empty((k, xs.shape[1]), np.float32)
-    # D^2 kept in blocks of 64 (zero padded): a draw picks a block from the
-    # block sums, then a point within it, instead of a running sum of all n
-    nb = -(-n // _DRAW_BLOCK)
-    blocks = np.zeros((nb, _DRAW_BLOCK), np.float32)
-    d2 = blocks.reshape(-1)[:n]
-    d2[:] = np.inf
-    # [x, ||x||^2, 1] . [-2c, 1, ||c||^2] = ||x - c||^2 in one matrix-vector product
-    xa = np.concatenate([xs, xn2[:, None], np.ones((n, 1), np.float32)], axis=1)
-    ca = np.ones(xs.shape[1] + 2, np.float32)
-    t = np.empty(n, np.float32)
     pick = int(rng.integers(0, n, size=1)[0])
-    for j in range(k):
-        if j > 0:
-            pick = _draw(blocks, rng.random(1)[0])
-        # the subsample ran out of distinct points: see _kmeans_pp
-        c = xs[pick] if pick >= 0 else _unseen_point(x, cents[:j], rng).astype(np.float32)
-        cents[j] = c
-        if j + 1 == k:
+    cents[0] = xs[pick]
+    u = np.empty(k)
+    u[1:] = rng.random(k - 1)
+    picks = np.full(k, -1, np.int64)
+    d2 = sq_distances(xt, cents[0])
+    j = 1
+    while j < k:
+        stop = kmeanspp_draws(xt, d2, u, picks, j, k)
+        cents[j:stop] = xs[picks[j:stop]]
+        if stop == k:
             break
-        ca[:-2] = np.float32(-2) * c
-        ca[-1] = c @ c
-        np.matmul(xa, ca, out=t)
-        np.minimum(d2, t, out=d2)
-        np.maximum(d2, np.float32(0), out=d2)
-        if pick >= 0:
-            g = group[pick]
-            d2[order[first[g] : first[g + 1]]] = 0
-        else:
-            d2[np.all(xs == c, axis=1)] = 0
+        cents[stop] = _unseen_point(x, cents[:stop], rng)
+        np.minimum(d2, sq_distances(xt, cents[stop]), out=d2)
+        j = stop + 1
     return cents
-
-
-_DRAW_BLOCK = 64
-
-
-def _draw(blocks: np.ndarray, r: float) -> int:
-    """Index drawn with probability proportional to its weight in ``blocks``
-    [nb, 64] (``r`` uniform in [0, 1)), or -1 when every weight is 0. Float64
-    running sums over the block sums, then within the chosen block; never an
-    index of weight 0 (a draw rounded past the last weight takes the last
-    positive one)."""
-    sums = blocks.sum(axis=1)
-    bcum = np.cumsum(sums, dtype=np.float64)
-    if not bcum[-1] > 0:
-        return -1
-    u = r * bcum[-1]
-    b = int(np.searchsorted(bcum, u, side="right"))
-    if b >= sums.size or sums[b] == 0:
-        b = int(np.flatnonzero(sums)[-1])
-    u -= bcum[b - 1] if b else 0.0
-    row = blocks[b]
-    i = int(np.searchsorted(np.cumsum(row, dtype=np.float64), u, side="right"))
-    if i >= row.size or row[i] == 0:
-        i = int(np.flatnonzero(row)[-1])
-    return b * row.size + i
 
 
 def _sq_distances(xs: np.ndarray, xn2: np.ndarray, c: np.ndarray, starts: np.ndarray, near_tol: np.float32) -> np.ndarray:
