@@ -210,15 +210,14 @@ def _kmeans_pp(
     n_init = min(n, max(1, int(per_centroid)) * k)
     idx = np.sort(rng.choice(n, size=n_init, replace=False)) if n_init < n else np.arange(n)
     xs = np.ascontiguousarray(x[idx])
-    starts = offsets[:-1]
-    xn2 = np.add.reduceat(xs.astype(np.float64) ** 2, starts, axis=1).T.copy()  # [M, n_init]
     cents = [np.empty((k, c.stop - c.start), np.float32) for c in cols]
     if M * n_init * n_init <= _PAIRWISE_LIMIT:
         return _kmeans_pp_pairwise(x, xs, cols, cents, k, rng)
     if M == 1:
         cents[0][:] = _kmeans_pp_single(x, xs, k, rng)
         return cents
-    xn2 = xn2.astype(np.float32)
+    starts = offsets[:-1]
+    xn2 = np.add.reduceat(xs * xs, starts, axis=1).T.copy()  # [M, n_init]
     d2 = np.full((M, n_init), np.inf, np.float32)
     near_tol = np.float32(64 * max(int(w) for w in np.diff(offsets)) * np.finfo(np.float32).eps)
     for j in range(k):
@@ -282,17 +281,12 @@ def _kmeans_pp_single(x: np.ndarray, xs: np.ndarray, k: int, rng: np.random.Gene
 def _sq_distances(xs: np.ndarray, xn2: np.ndarray, c: np.ndarray, starts: np.ndarray, near_tol: np.float32) -> np.ndarray:
     """[M, n] squared distances of the rows of ``xs`` to ``c`` per subspace, float32.
 
-    ||x||^2 + ||c||^2 - 2 x.c (one product, the cheap form); values within
+    ||x||^2 + ||c||^2 - 2 x.c (one pass for all subspaces); values within
     rounding of zero are recomputed as sums of squared differences, so
     duplicates of ``c`` get exactly 0 and are never drawn again.
     """
-    prod = xs * c if starts.size > 1 else None
-    if prod is None:
-        cn2 = np.float32(c @ c)
-        d_new = (xn2 + cn2) - np.float32(2) * (xs @ c)[None]
-    else:
-        cn2 = np.add.reduceat(c * c, starts)[:, None]
-        d_new = (xn2 + cn2) - np.float32(2) * np.add.reduceat(prod, starts, axis=1).T
+    cn2 = np.add.reduceat(c * c, starts)[:, None]
+    d_new = (xn2 + cn2) - np.float32(2) * np.add.reduceat(xs * c, starts, axis=1).T
     m_idx, i_idx = np.nonzero(d_new <= near_tol * (xn2 + cn2))
     if i_idx.size:
         diff = np.square(xs[i_idx] - c)
