@@ -9,11 +9,18 @@ compressed block (``propagate: quantized``) or the reference one
 (``propagate: reference``). The model is loaded lazily and each block's
 weights are released before the next is read, so only one block's matrices
 are in memory at a time.
+
+`forward_steps` is the same walk without statistics, for token agreement:
+the hidden states of every window after the embedding and after each block,
+one step at a time, so a reference or candidate larger than memory is scored
+with one block's weights loaded. Between steps it calls ``on_step(phase, i,
+n)``; an exception raised there stops the walk (`helix serve` cancels jobs
+that way).
 """
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, Mapping
+from typing import Callable, Iterator, Mapping, Sequence
 
 import attrs
 import numpy as np
@@ -21,7 +28,10 @@ import numpy as np
 from helix_framework.errors import LayerInputError
 from helix_framework.layer_stats import LayerStats
 
-__all__ = ["BlockStats", "StatsCollector", "run_blocks"]
+#: ``on_step(phase, i, n)``: called before step ``i`` of ``n``; raise to stop.
+StepCallback = Callable[[str, int, int], None]
+
+__all__ = ["BlockStats", "StatsCollector", "StepCallback", "forward_steps", "head_logits", "run_blocks"]
 
 
 @attrs.frozen
@@ -100,6 +110,7 @@ def run_blocks(
     """
     h_fit = model.embed_windows(ids[fit])
     h_held = model.embed_windows(ids[held_out]) if held_out.size else None
+    release_loaded(model)
     for layer in _progress(range(model.n_layers), progress):
         names = model.block_tensors(layer)
         collector = StatsCollector()
@@ -123,10 +134,49 @@ def run_blocks(
         model.weights.release(names)
 
 
-def _progress(items: range, enabled: bool) -> Iterator[int]:
+def forward_steps(
+    model: object, windows: Sequence[np.ndarray], *, on_step: StepCallback | None = None, phase: str = "forward",
+    progress: bool = False,
+) -> Iterator[list[np.ndarray]]:
+    """Hidden states ``[T, hidden]`` of each window of token ids (each from
+    position 0, independent of the others): first the embeddings, then the
+    output of each block in turn (``n_layers + 1`` lists in all), exactly
+    the ``hidden`` of ``DecoderModel.forward(ids, return_hidden=True)``.
+
+    A lazily loaded model (``LazyWeights``) has its weights released after
+    every step, so one block's matrices are in memory at a time.
+    ``on_step(phase, i, n_layers)`` runs before block ``i``.
+    """
+    h = [model.embed_windows(np.asarray(ids)[None])[0] for ids in windows]
+    release_loaded(model)
+    yield h
+    for layer in _progress(range(model.n_layers), progress, f"{phase} blocks"):
+        if on_step is not None:
+            on_step(phase, layer, model.n_layers)
+        h = [model.block_windows(layer, x[None])[0] for x in h]
+        release_loaded(model)
+        yield h
+
+
+def head_logits(model: object, hidden: Sequence[np.ndarray]) -> Iterator[np.ndarray]:
+    """Logits ``[T, vocab]`` of each window's last hidden states, one window
+    at a time (a window's logits are the largest array of a pass)."""
+    for h in hidden:
+        yield model.head_window(h)
+    release_loaded(model)
+
+
+def release_loaded(model: object) -> None:
+    """Drop every weight a lazily loaded model holds (read again on use)."""
+    release = getattr(model.weights, "release", None)  # only `LazyWeights` can read a weight again
+    if release is not None:
+        release(list(dict.keys(model.weights)))
+
+
+def _progress(items: range, enabled: bool, desc: str = "calibrating blocks") -> Iterator[int]:
     if not enabled:
         yield from items
         return
     from tqdm import tqdm
 
-    yield from tqdm(items, desc="calibrating blocks", unit="block", leave=False)
+    yield from tqdm(items, desc=desc, unit="block", leave=False)

@@ -33,6 +33,14 @@ def _model_type(source: ModelSource) -> str:
     return arch
 
 
+LAZY_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "smollm", "smollm2")
+
+
+def supports_lazy(source: ModelSource) -> bool:
+    """Whether `load_model` can load ``source`` lazily (``lazy=True``)."""
+    return isinstance(source, GGUFSource) or (source.kind == "hf_directory" and _model_type(source) in LAZY_MODEL_TYPES)
+
+
 def load_model(
     source_or_path: ModelSource | str | os.PathLike[str],
     weights: Mapping[str, np.ndarray] | None = None,
@@ -79,7 +87,7 @@ def load_model(
             f"a {source.kind} source has no config; open the model's directory instead (supported: {SUPPORTED})"
         )
     mt = _model_type(source)
-    if mt in ("llama", "mistral", "qwen2", "qwen3", "smollm", "smollm2"):
+    if mt in LAZY_MODEL_TYPES:
         from helix_framework.reference import llama
 
         config, names = llama.config_from_hf(source.config, available)
