@@ -132,6 +132,8 @@ def run_blocks(
         else:
             h_fit, h_held = ref_fit, ref_held
         model.weights.release(names)
+        # Not past this block: its statistics and reconstructions are as large as its weights.
+        del collector, replacements, ref_fit, ref_held
 
 
 def forward_steps(
