@@ -151,7 +151,8 @@ def phase_calibrate(model: str, config: str, out: str) -> dict:
 
 
 def phase_agree(model: str, out: str, positions: int) -> dict:
-    from helix_framework.agree import agree, weights_from_artifacts
+    from helix_framework.agree import agree
+    from helix_framework.calibrate import weights_from_artifacts
     from helix_framework.host import get_host
     from helix_framework.sources import open_source
 

@@ -1,9 +1,9 @@
 """Token agreement of a compressed model against its uncompressed reference.
 
 The candidate is the reference architecture with every codec-routed matrix
-replaced by its reconstruction, built either from calibration artifacts
-(`weights_from_artifacts`) or by calibrating in memory from a candidate
-config (`weights_from_config`). Both models read the same token stream
+replaced by its reconstruction, built from calibration artifacts or by
+calibrating in memory from a candidate config (`calibrate.weights_from_artifacts`,
+`calibrate.weights_from_config`: this module does not fit anything). Both models read the same token stream
 (teacher forcing, independent windows of ``window`` tokens); the figures are
 those of `helix_framework.measure.agreement`.
 
@@ -31,15 +31,11 @@ import attrs
 import numpy as np
 
 from helix_framework import artifacts
-from helix_framework.calibrate import (
-    data_aware_pass, fit_reconstruct, reconstruct, resolve, route_and_read, split_rows, tensor_rng,
-)
-from helix_framework.config import CandidateConfig, canonical_json
+from helix_framework.config import canonical_json
 from helix_framework.engine import StepCallback
 from helix_framework.errors import AgreementError
 from helix_framework.measure.agreement import MIN_POSITIONS, AgreementAccumulator
 from helix_framework.prompts import Prompt, load_prompts
-from helix_framework.routing import require_selection, tensor_selector
 from helix_framework.sources import ModelSource
 
 log = logging.getLogger(__name__)
@@ -60,79 +56,6 @@ def cache_root() -> Path:
 
 
 # -- candidate weights ---------------------------------------------------------
-
-
-def weights_from_artifacts(directory: str | Path, source: ModelSource, host: Any) -> Mapping[str, np.ndarray]:
-    """Reconstructed matrices of a calibration output, in the source's shapes.
-
-    The artifacts are checked against the manifest at once; each matrix is
-    rebuilt when it is looked up (and again on every lookup), so a model
-    loaded lazily from them holds one block's matrices at a time."""
-    directory = Path(directory)
-    manifest = artifacts.read_manifest(directory)
-    if manifest["source"]["files"] != source.file_hashes():
-        raise AgreementError(
-            f"{directory}: the artifacts were calibrated from a different model "
-            f"({manifest['source']['path']}); pass that model"
-        )
-    problems = artifacts.verify(directory)
-    if problems:
-        raise AgreementError(f"{directory}: artifacts do not match the manifest: {problems[0]}")
-    return ArtifactWeights(directory, manifest, host)
-
-
-class ArtifactWeights(Mapping):
-    """Codec-routed tensors of a verified calibration output, rebuilt on lookup."""
-
-    def __init__(self, directory: Path, manifest: dict[str, Any], host: Any):
-        self._directory, self._manifest, self._host = directory, manifest, host
-        self._entries = {e["name"]: e for e in manifest["tensors"] if e["route"] == "codec"}
-
-    def __getitem__(self, name: str) -> np.ndarray:
-        return reconstruct(self._entries[name], self._directory, self._host, self._manifest)
-
-    def __contains__(self, name: object) -> bool:  # without rebuilding the tensor
-        return name in self._entries
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._entries)
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-
-def weights_from_config(source: ModelSource, candidate: CandidateConfig, host: Any,
-                        tensors: str | None = None,
-                        on_tensor: Callable[[int, int, str], None] | None = None) -> dict[str, np.ndarray]:
-    """Fit every routed matrix in memory (on its calibration rows, and for a
-    data-aware candidate block by block with its layer statistics, exactly as
-    `helix calibrate` does) and keep the reconstructions. ``on_tensor(i, n,
-    name)`` is called before each tensor; an exception it raises stops the fit."""
-    comp = resolve(candidate, host)
-    selector = tensor_selector(tensors)
-    require_selection(selector, source.tensors(), candidate.routes)
-    seed = candidate.rows.seed
-    out = {}
-
-    def fit_one(info: Any, stats: Any = None) -> np.ndarray | None:
-        routed = route_and_read(source, info, candidate, selector)
-        if routed.route != "codec":
-            return None
-        split = split_rows(routed.rows.shape[0], candidate.rows, candidate.in_sample, info.name)
-        fitted = fit_reconstruct(routed.rows, split.calibration, comp, candidate.params, info.name,
-                                 tensor_rng(seed, info.name), stats=stats.fit if stats is not None else None)
-        out[info.name] = fitted.reconstruction.reshape(info.shape)
-        return out[info.name]
-
-    infos = source.tensors()
-    if candidate.calibration is not None:
-        data_aware_pass(source, infos, comp, fit_one, on_tensor=on_tensor)
-    else:
-        for i, info in enumerate(infos):
-            if on_tensor is not None:
-                on_tensor(i, len(infos), info.name)
-            fit_one(info)
-    return out
 
 
 def weights_from_gguf(path: str | Path, source: ModelSource, reference: set[str]) -> dict[str, np.ndarray]:
@@ -199,7 +122,7 @@ def adc_linears(directory: str | Path, host: Any) -> dict[str, Any]:
     A row rotation Q (rows stored as w Q) is applied to x instead:
     (w Q) . (x Q) = w . x for orthonormal Q.
     """
-    from helix_framework.calibrate import split_arrays
+    from helix_framework.artifacts import split_arrays
     from helix_framework.codec import CodecState, Codes
     from helix_framework.config import structure
     from helix_framework.rotation import RotationState
@@ -429,7 +352,7 @@ def agree(
     A decoder runs block by block over all windows, the reference first
     (unless cached) and then the candidate, both loaded lazily where the
     family allows it: only one block's weights are in memory at a time
-    (``weights`` may be a lazy mapping such as `weights_from_artifacts`
+    (``weights`` may be a lazy mapping such as `calibrate.weights_from_artifacts`
     gives). ``on_step(phase, i, n)`` is called before every block of either
     pass (see `engine.forward_steps`); an exception it raises stops the run."""
     from helix_framework.engine import forward_steps, head_logits

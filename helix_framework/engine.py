@@ -1,4 +1,10 @@
-"""Block-at-a-time execution over calibration windows.
+"""The one loop over a model's tensors, and block-at-a-time execution over windows.
+
+`each_tensor` is how calibration, in-memory fitting (``helix agree
+--config``, ``helix serve``) and sweeps visit tensors: in source order for a
+data-free candidate; for a data-aware one, the tensors outside the decoder
+blocks first, then block by block with the statistics of each linear
+layer's inputs (`run_blocks`).
 
 A data-aware calibration moves a batch of token windows through the model one
 decoder block at a time: embed, then for each block collect every linear
@@ -20,18 +26,18 @@ that way).
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import attrs
 import numpy as np
 
-from helix_framework.errors import LayerInputError
+from helix_framework.errors import ConfigError, LayerInputError
 from helix_framework.layer_stats import LayerStats
 
 #: ``on_step(phase, i, n)``: called before step ``i`` of ``n``; raise to stop.
 StepCallback = Callable[[str, int, int], None]
 
-__all__ = ["BlockStats", "StatsCollector", "StepCallback", "forward_steps", "head_logits", "run_blocks"]
+__all__ = ["BlockStats", "StatsCollector", "StepCallback", "each_tensor", "forward_steps", "head_logits", "run_blocks"]
 
 
 @attrs.frozen
@@ -91,6 +97,68 @@ class StatsCollector:
                 held = LayerStats(self._sums["held_out", key], self._tokens["held_out", key])
             out[name] = BlockStats(LayerStats(self._sums["fit", key], self._tokens["fit", key]), held, shared)
         return out
+
+
+#: ``handle(info, stats) -> reconstruction or None`` for one tensor (see `each_tensor`).
+HandleTensor = Callable[[Any, "BlockStats | None"], "np.ndarray | None"]
+
+
+def each_tensor(
+    source: Any, infos: Sequence[Any], calibration: Any, handle: HandleTensor, *, progress: bool = False,
+    on_tensor: Callable[[int, int, str], None] | None = None,
+) -> dict[str, Any] | None:
+    """Call ``handle(info, stats)`` once for every tensor of ``infos``;
+    ``on_tensor(i, n, name)`` before each (an exception it raises stops the
+    loop: `helix serve` cancels jobs that way).
+
+    Without ``calibration`` (a candidate's `CalibrationConfig`) the tensors
+    come in order with ``stats`` None. With it, the calibration windows run
+    through ``source``'s model block by block: first the tensors outside the
+    decoder blocks (``stats`` None), then each block's, with the `BlockStats`
+    of a linear layer's inputs; ``handle`` returns the tensor's
+    reconstruction (what the windows pass through with ``propagate:
+    quantized``) or None to keep the tensor as it is. Returns what the
+    manifest records about the calibration text (None without it).
+    """
+    done = 0
+
+    def step(info: Any, stats: BlockStats | None) -> np.ndarray | None:
+        nonlocal done
+        if on_tensor is not None:
+            on_tensor(done, len(infos), info.name)
+        done += 1
+        return handle(info, stats)
+
+    if calibration is None:
+        for info in _progress_tensors(infos, progress):
+            step(info, None)
+        return None
+
+    from helix_framework.calibration_text import load_documents, make_windows
+    from helix_framework.prompts import load_prompts
+    from helix_framework.reference import DecoderModel, load_model, load_tokenizer
+
+    cal = calibration
+    windows = make_windows(load_tokenizer(source), load_documents(cal.text), sequences=cal.sequences,
+                           tokens=cal.tokens, seed=cal.seed, held_out=cal.held_out, evaluation=load_prompts(None))
+    model = load_model(source, lazy=True)
+    if not isinstance(model, DecoderModel):
+        raise ConfigError("data-aware calibration runs decoder models (Llama family) only", path="$.calibration")
+    by_name = {info.name: info for info in infos}
+    in_blocks = {n for layer in range(model.n_layers) for n in model.block_tensors(layer)}
+    for info in infos:
+        if info.name not in in_blocks:
+            step(info, None)
+
+    def fit_block(layer: int, names: list[str], stats: Mapping[str, BlockStats]) -> dict[str, np.ndarray]:
+        kept = {name: step(by_name[name], stats.get(name)) for name in names}
+        return {name: recon for name, recon in kept.items() if recon is not None}
+
+    run_blocks(model, windows.ids, windows.fit, windows.held_out, fit_block, propagate=cal.propagate,
+               progress=progress)
+    settings = {"text": cal.text, "sequences": cal.sequences, "tokens": cal.tokens, "seed": cal.seed,
+                "held_out_fraction": cal.held_out, "propagate": cal.propagate}
+    return windows.to_json(settings)
 
 
 #: ``fit_block(layer, tensor names, stats by layer name) -> replacement weights``
@@ -173,6 +241,18 @@ def release_loaded(model: object) -> None:
     release = getattr(model.weights, "release", None)  # only `LazyWeights` can read a weight again
     if release is not None:
         release(list(dict.keys(model.weights)))
+
+
+def _progress_tensors(infos: Sequence[Any], enabled: bool) -> Iterator[Any]:
+    if not enabled:
+        yield from infos
+        return
+    from tqdm import tqdm
+
+    with tqdm(infos, desc="calibrating", unit="tensor", leave=False) as bar:
+        for info in bar:
+            bar.set_postfix_str(info.name[-40:], refresh=False)
+            yield info
 
 
 def _progress(items: range, enabled: bool, desc: str = "calibrating blocks") -> Iterator[int]:

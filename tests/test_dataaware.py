@@ -344,7 +344,7 @@ def test_cli_bad_calibration_text_is_one_line_exit_2(tmp_path):
 
 
 def test_agree_config_fits_data_aware_in_memory_as_calibrate_does(tmp_path, host, tiny):
-    from helix_framework.agree import weights_from_artifacts, weights_from_config
+    from helix_framework.calibrate import weights_from_artifacts, weights_from_config
     from helix_framework.sources import open_source
 
     cand = candidate(host, codec="stats_seen", rotation={"kind": "random_orthogonal"}, measure=["rel_l2"])
