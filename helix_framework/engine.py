@@ -142,7 +142,8 @@ def each_tensor(
     windows = make_windows(load_tokenizer(source), load_documents(cal.text), sequences=cal.sequences,
                            tokens=cal.tokens, seed=cal.seed, held_out=cal.held_out, evaluation=load_prompts(None))
     model = load_model(source, lazy=True)
-    if not isinstance(model, DecoderModel):
+    # GPT-2's Conv1D matrices are stored [in, out]: their rows are not the rows the statistics describe.
+    if not isinstance(model, DecoderModel) or any(spec.transposed for spec in model.linear_specs()):
         raise ConfigError("data-aware calibration runs decoder models (Llama family) only", path="$.calibration")
     by_name = {info.name: info for info in infos}
     in_blocks = {n for layer in range(model.n_layers) for n in model.block_tensors(layer)}

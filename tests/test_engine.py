@@ -258,3 +258,57 @@ def test_agree_imports_without_calibrate():
 
     code = "import sys, helix_framework.agree; print('helix_framework.calibrate' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
+
+
+def _tiny_gpt2(path):
+    import json
+
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(5)
+    v, h, layers = 53, 16, 2
+    r = lambda *shape: (0.3 * rng.standard_normal(shape)).astype(np.float32)  # noqa: E731
+    t = {"wte.weight": r(v, h), "wpe.weight": r(32, h), "ln_f.weight": 1 + r(h), "ln_f.bias": r(h)}
+    for i in range(layers):
+        for ln in ("ln_1", "ln_2"):
+            t[f"h.{i}.{ln}.weight"], t[f"h.{i}.{ln}.bias"] = 1 + r(h), r(h)
+        for role, (n_in, n_out) in {"attn.c_attn": (h, 3 * h), "attn.c_proj": (h, h), "mlp.c_fc": (h, 4 * h),
+                                    "mlp.c_proj": (4 * h, h)}.items():
+            t[f"h.{i}.{role}.weight"], t[f"h.{i}.{role}.bias"] = r(n_in, n_out), r(n_out)  # Conv1D: [in, out]
+    path.mkdir()
+    save_file(t, str(path / "model.safetensors"))
+    (path / "config.json").write_text(json.dumps({"model_type": "gpt2", "vocab_size": v, "n_embd": h, "n_layer": layers,
+                                                  "n_head": 2, "n_positions": 32}))
+    return path
+
+
+def test_gpt2_runs_block_by_block_lazily_with_source_oriented_replacements(tmp_path):
+    from helix_framework.engine import forward_steps, head_logits
+
+    path = _tiny_gpt2(tmp_path / "gpt2")
+    replaced = {"h.1.mlp.c_fc.weight": np.zeros((16, 64), np.float32)}  # source orientation, [in, out]
+    eager, lazy = load_model(path, weights=replaced), load_model(path, weights=replaced, lazy=True)
+    assert isinstance(lazy.weights, LazyWeights)
+    assert lazy.block_tensors(1) == eager.block_tensors(1) and len(eager.block_tensors(1)) == 12
+    ids = [np.arange(7) * 5 % 53, np.arange(11) % 53]
+    steps = list(forward_steps(lazy, ids))
+    assert not dict.keys(lazy.weights)  # nothing stays loaded
+    for b, row in enumerate(ids):
+        logits, hidden = eager.forward(row, return_hidden=True)
+        for step, h in enumerate(steps):
+            np.testing.assert_allclose(h[b], hidden[step], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(list(head_logits(lazy, steps[-1]))[b], logits, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(eager.forward(ids[0]), load_model(path).forward(ids[0]))  # the replacement is used
+
+
+@pytest.mark.slow
+def test_bert_exposes_embedding_block_and_head_steps():
+    from helix_framework.models import resolve_model
+
+    model = load_model(resolve_model("minilm"))
+    assert len(model.block_tensors(0)) == 16 and all(".layer.0." in n for n in model.block_tensors(0))
+    ids = np.array([101, 7592, 2088, 2003, 1037, 3231, 102])
+    h = model.embed_sequence(ids, np.zeros_like(ids))
+    for i in range(model.n_layers):
+        h = model.encoder_block(i, h)
+    np.testing.assert_allclose(model.pool(h), model.sentence_embedding(ids), rtol=1e-6, atol=1e-7)
