@@ -3,8 +3,9 @@
 The candidate is the reference architecture with every codec-routed matrix
 replaced by its reconstruction, built from calibration artifacts or by
 calibrating in memory from a candidate config (`calibrate.weights_from_artifacts`,
-`calibrate.weights_from_config`: this module does not fit anything). Both models read the same token stream
-(teacher forcing, independent windows of ``window`` tokens); the figures are
+`calibrate.weights_from_config`; this module fits nothing). Both models read
+the same token stream (teacher forcing, independent windows of ``window``
+tokens), block by block through `helix_framework.engine`; the figures are
 those of `helix_framework.measure.agreement`.
 
 The reference's logits and hidden states for a (model, prompt set,

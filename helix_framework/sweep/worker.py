@@ -65,9 +65,10 @@ def run_candidate(task: dict[str, Any]) -> dict[str, Any]:
                 return None
             result = calibrate_matrix(routed.rows, info.name, comp, stats=stats)
             tensor_rows.append(_tensor_row(info, routed.rows, result))
+            recon = result.reconstruction.reshape(info.shape)
             if want_agree:
-                weights[info.name] = result.reconstruction.reshape(info.shape)
-            return result.reconstruction
+                weights[info.name] = recon
+            return recon  # what a data-aware candidate's windows pass through
 
         with open_source(task["model"]) as source, helix_jit.record_kernels() as rec, \
                 threadpool_limits(1, "blas"):
