@@ -248,7 +248,7 @@ def test_the_tensor_loops_import_no_cycle():
     assert hf + "calibrate" not in reach(hf + "agree")  # agree measures; calibrate fits (and may agree)
     assert not {hf + "calibrate", hf + "agree"} & reach(hf + "engine")
     # the loop over tensors is the engine's: no other module walks source.tensors() itself to fit
-    for module in ("calibrate", "agree", "sweep.worker"):
+    for module in ("calibrate", "agree", "probe", "sweep.worker"):
         assert hf + "engine" in graph[hf + module]
 
 
