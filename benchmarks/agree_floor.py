@@ -61,7 +61,8 @@ def main() -> None:
 
     from threadpoolctl import threadpool_limits
 
-    from helix_framework.agree import agree, weights_from_config
+    from helix_framework.agree import agree
+    from helix_framework.calibrate import weights_from_config
     from helix_framework.config import load_candidate
     from helix_framework.host import get_host
     from helix_framework.models import resolve_model

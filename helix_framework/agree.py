@@ -1,10 +1,11 @@
 """Token agreement of a compressed model against its uncompressed reference.
 
 The candidate is the reference architecture with every codec-routed matrix
-replaced by its reconstruction, built either from calibration artifacts
-(`weights_from_artifacts`) or by calibrating in memory from a candidate
-config (`weights_from_config`). Both models read the same token stream
-(teacher forcing, independent windows of ``window`` tokens); the figures are
+replaced by its reconstruction, built from calibration artifacts or by
+calibrating in memory from a candidate config (`calibrate.weights_from_artifacts`,
+`calibrate.weights_from_config`; this module fits nothing). Both models read
+the same token stream (teacher forcing, independent windows of ``window``
+tokens), block by block through `helix_framework.engine`; the figures are
 those of `helix_framework.measure.agreement`.
 
 The reference's logits and hidden states for a (model, prompt set,
@@ -25,20 +26,17 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import attrs
 import numpy as np
 
 from helix_framework import artifacts
-from helix_framework.calibrate import (
-    data_aware_pass, fit_reconstruct, reconstruct, resolve, route_and_read, split_rows, tensor_rng,
-)
-from helix_framework.config import CandidateConfig, canonical_json
+from helix_framework.config import canonical_json
+from helix_framework.engine import StepCallback
 from helix_framework.errors import AgreementError
 from helix_framework.measure.agreement import MIN_POSITIONS, AgreementAccumulator
 from helix_framework.prompts import Prompt, load_prompts
-from helix_framework.routing import require_selection, tensor_selector
 from helix_framework.sources import ModelSource
 
 log = logging.getLogger(__name__)
@@ -59,64 +57,6 @@ def cache_root() -> Path:
 
 
 # -- candidate weights ---------------------------------------------------------
-
-
-def weights_from_artifacts(directory: str | Path, source: ModelSource, host: Any) -> dict[str, np.ndarray]:
-    """Reconstructed matrices of a calibration output, in the source's shapes."""
-    directory = Path(directory)
-    manifest = artifacts.read_manifest(directory)
-    if manifest["source"]["files"] != source.file_hashes():
-        raise AgreementError(
-            f"{directory}: the artifacts were calibrated from a different model "
-            f"({manifest['source']['path']}); pass that model"
-        )
-    problems = artifacts.verify(directory)
-    if problems:
-        raise AgreementError(f"{directory}: artifacts do not match the manifest: {problems[0]}")
-    return {
-        e["name"]: reconstruct(e, directory, host, manifest)
-        for e in manifest["tensors"]
-        if e["route"] == "codec"
-    }
-
-
-def weights_from_config(source: ModelSource, candidate: CandidateConfig, host: Any,
-                        tensors: str | None = None,
-                        on_tensor: Callable[[int, int, str], None] | None = None,
-                        bits: dict[str, float] | None = None) -> dict[str, np.ndarray]:
-    """Fit every routed matrix in memory (on its calibration rows, and for a
-    data-aware candidate block by block with its layer statistics, exactly as
-    `helix calibrate` does) and keep the reconstructions. ``on_tensor(i, n,
-    name)`` is called before each tensor; an exception it raises stops the fit.
-    ``bits``, if given, receives each tensor's total bits (codes, overhead, rotation)."""
-    comp = resolve(candidate, host)
-    selector = tensor_selector(tensors)
-    require_selection(selector, source.tensors(), candidate.routes)
-    out = {}
-
-    def fit_one(info: Any, stats: Any = None) -> np.ndarray | None:
-        routed = route_and_read(source, info, candidate, selector)
-        if routed.route != "codec":
-            return None
-        chosen = comp.for_tensor(info.name)
-        cand = chosen.candidate
-        split = split_rows(routed.rows.shape[0], cand.rows, cand.in_sample, info.name)
-        fitted = fit_reconstruct(routed.rows, split.calibration, chosen, cand.params, info.name,
-                                 tensor_rng(cand.rows.seed, info.name), stats=stats.fit if stats is not None else None)
-        out[info.name] = fitted.reconstruction.reshape(info.shape)
-        if bits is not None:
-            bits[info.name] = fitted.bits["total_bits"]
-        return out[info.name]
-
-    infos = source.tensors()
-    if candidate.calibration is not None:
-        data_aware_pass(source, infos, comp, fit_one, on_tensor=on_tensor)
-    else:
-        for i, info in enumerate(infos):
-            if on_tensor is not None:
-                on_tensor(i, len(infos), info.name)
-            fit_one(info)
-    return out
 
 
 def weights_from_gguf(path: str | Path, source: ModelSource, reference: set[str]) -> dict[str, np.ndarray]:
@@ -183,7 +123,7 @@ def adc_linears(directory: str | Path, host: Any) -> dict[str, Any]:
     A row rotation Q (rows stored as w Q) is applied to x instead:
     (w Q) . (x Q) = w . x for orthonormal Q.
     """
-    from helix_framework.calibrate import split_arrays
+    from helix_framework.artifacts import split_arrays
     from helix_framework.codec import CodecState, Codes
     from helix_framework.config import structure
     from helix_framework.rotation import RotationState
@@ -332,11 +272,15 @@ class NpySlices:
 
 
 def reference_outputs(
-    build_model: Callable[[], Any], source: ModelSource, windows: list[Window], key: str
+    build_model: Callable[[], Any], source: ModelSource, windows: list[Window], key: str,
+    on_step: StepCallback | None = None,
 ) -> tuple[NpySlices, NpySlices]:
     """Reference logits [N, vocab] and hidden states [layers+1, N, hidden], cached
-    on disk; ``build_model`` is only called on a cache miss (the reference model
-    costs as much memory as the candidate)."""
+    on disk; ``build_model`` is only called on a cache miss, and the model it
+    returns is run block by block (`engine.forward_steps`: a lazily loaded
+    one holds one block's weights at a time)."""
+    from helix_framework.engine import forward_steps, head_logits
+
     directory = cache_root() / "reference" / key
     logits_path, hidden_path = directory / "logits.npy", directory / "hidden.npy"
     if logits_path.is_file() and hidden_path.is_file():
@@ -344,14 +288,18 @@ def reference_outputs(
             return NpySlices(logits_path), NpySlices(hidden_path)
         except (ValueError, OSError) as exc:
             log.warning("reference cache %s unreadable (%s); recomputing", directory, exc)
-    logits, hidden = [], []
     model = build_model()
-    for w in windows:
-        lg, hd = model.forward(w.ids, return_hidden=True)
-        logits.append(lg)
-        hidden.append(np.stack(hd))
-    all_logits = np.concatenate(logits)
-    all_hidden = np.concatenate(hidden, axis=1)
+    n = sum(w.ids.size for w in windows)
+    for step, h in enumerate(forward_steps(model, [w.ids for w in windows], on_step=on_step, phase="reference")):
+        if step == 0:
+            all_hidden = np.empty((model.n_layers + 1, n, h[0].shape[1]), np.float32)
+        np.concatenate(h, out=all_hidden[step])
+    # Filled window by window: no second copy of the [N, vocab] array.
+    all_logits = np.empty((n, model.vocab_size), np.float32)
+    offset = 0
+    for logits in head_logits(model, h):
+        all_logits[offset:offset + logits.shape[0]] = logits
+        offset += logits.shape[0]
     directory.mkdir(parents=True, exist_ok=True)
     for path, array in ((logits_path, all_logits), (hidden_path, all_hidden)):
         artifacts.atomic_write(directory, ".npy", lambda f, a=array: np.save(f, a), lambda p=path: p)
@@ -387,7 +335,7 @@ class AgreeReport:
 def agree(
     model_path: str | Path,
     *,
-    weights: dict[str, np.ndarray],
+    weights: Mapping[str, np.ndarray],
     candidate_name: str,
     prompts_dir: str | Path | None = None,
     positions: int = MIN_POSITIONS,
@@ -395,6 +343,7 @@ def agree(
     source: ModelSource | None = None,
     linears: dict[str, Any] | None = None,
     text: Prompt | None = None,
+    on_step: StepCallback | None = None,
 ) -> AgreeReport:
     """Compare the reference model with the same model carrying ``weights``;
     ``linears`` (from `adc_linears`) replace those layers' matrix products.
@@ -402,44 +351,53 @@ def agree(
     `text_windows` (scored on each window's second half, as llama.cpp).
     An encoder is scored on every sentence of the prompt set: ``positions``
     and ``window`` apply to decoders only (`helix agree` refuses them for an
-    encoder, see `is_encoder`)."""
+    encoder, see `is_encoder`).
+
+    A decoder runs block by block over all windows, the reference first
+    (unless cached) and then the candidate, both loaded lazily where the
+    family allows it: only one block's weights are in memory at a time
+    (``weights`` may be a lazy mapping such as `calibrate.weights_from_artifacts`
+    gives). ``on_step(phase, i, n)`` is called before every block of either
+    pass (see `engine.forward_steps`); an exception it raises stops the run."""
+    from helix_framework.engine import forward_steps, head_logits
     from helix_framework.models import resolve_model
-    from helix_framework.reference import DecoderModel, load_model, load_tokenizer
+    from helix_framework.reference import load_model, load_tokenizer
+    from helix_framework.reference.loader import supports_lazy
     from helix_framework.sources import open_source
 
     t0 = time.perf_counter()
     source = source or open_source(resolve_model(model_path))
     prompts = [text] if text is not None else load_prompts(prompts_dir)
-    candidate = load_model(source, weights=weights)
-    for name, fn in (linears or {}).items():
-        candidate.set_linear(name, fn)
     engine = "adc" if linears else "dense"
-    tokenizer = load_tokenizer(source)
-    t1 = time.perf_counter()
-    if not isinstance(candidate, DecoderModel):
-        result = _embedding_agreement(load_model(source), candidate, tokenizer, prompts)
+    lazy = supports_lazy(source)
+    if is_encoder(source):
+        candidate = _with_linears(load_model(source, weights=weights), linears)
+        t1 = time.perf_counter()
+        result = _embedding_agreement(load_model(source), candidate, load_tokenizer(source), prompts)
         return AgreeReport(result, str(model_path), candidate_name, engine, [p.to_json() for p in prompts], 0,
                            {"load": t1 - t0, "run": time.perf_counter() - t1})
+    candidate = _with_linears(load_model(source, weights=weights, lazy=lazy), linears)
+    tokenizer = load_tokenizer(source)
+    t1 = time.perf_counter()
     if text is not None:
         windows = text_windows(tokenizer, text, positions, window)
     else:
         windows = token_windows(tokenizer, prompts, positions, window)
     key = _cache_key(source, prompts, positions, window, text=text is not None)
-    ref_logits, ref_hidden = reference_outputs(lambda: load_model(source), source, windows, key)
+    ref_logits, ref_hidden = reference_outputs(lambda: load_model(source, lazy=lazy), source, windows, key, on_step)
     t2 = time.perf_counter()
-    acc = AgreementAccumulator()
     err = np.zeros(ref_hidden.shape[0])
     norm = np.zeros(ref_hidden.shape[0])
+    for step, h in enumerate(forward_steps(candidate, [w.ids for w in windows], on_step=on_step, phase="candidate")):
+        ref_h = ref_hidden.rows(step, step + 1)[0].astype(np.float64)
+        err[step] = ((np.concatenate(h).astype(np.float64) - ref_h) ** 2).sum()
+        norm[step] = (ref_h**2).sum()
+    acc = AgreementAccumulator()
     offset = 0
-    for w in windows:
-        logits, hidden = candidate.forward(w.ids, return_hidden=True)
-        span = slice(offset, offset + w.ids.size)
+    for w, logits in zip(windows, head_logits(candidate, h)):
         sc = w.scored
         acc.add(ref_logits.rows(offset + sc.start, offset + sc.stop), logits[sc], w.next_ids[sc],
                 np.arange(offset + sc.start, offset + sc.stop))
-        ref_h = ref_hidden.rows(span.start, span.stop, axis=1).astype(np.float64)
-        err += ((np.stack(hidden).astype(np.float64) - ref_h) ** 2).sum(axis=(1, 2))
-        norm += (ref_h**2).sum(axis=(1, 2))
         offset += w.ids.size
     result = acc.result().to_json()
     result["per_layer"] = [float(np.sqrt(e / n)) if n > 0 else 0.0 for e, n in zip(err, norm)]
@@ -450,6 +408,12 @@ def agree(
         {"load": t1 - t0, "reference": t2 - t1, "candidate": time.perf_counter() - t2},
         TEXT_SCORING if text is not None else None,
     )
+
+
+def _with_linears(model: Any, linears: dict[str, Any] | None) -> Any:
+    for name, fn in (linears or {}).items():
+        model.set_linear(name, fn)
+    return model
 
 
 def _sentences(prompts: list[Prompt]) -> Iterator[str]:

@@ -487,3 +487,12 @@ def _same_file(a: Path, b: Path) -> bool:
         return os.path.samefile(a, b)
     except OSError:
         return False
+
+
+def split_arrays(arrays: dict[str, np.ndarray]) -> tuple[dict, dict, dict]:
+    """Artifact arrays back into (codes, state, rotation) dicts."""
+    parts: dict[str, dict[str, np.ndarray]] = {"codes": {}, "state": {}, "rotation": {}}
+    for key, value in arrays.items():
+        prefix, _, rest = key.partition(".")
+        parts[prefix][rest] = np.asarray(value)
+    return parts["codes"], parts["state"], parts["rotation"]

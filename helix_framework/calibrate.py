@@ -21,7 +21,7 @@ import stat
 import time
 import zlib
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import attrs
 import numpy as np
@@ -30,10 +30,11 @@ import helix_jit
 from threadpoolctl import threadpool_limits
 
 from helix_framework import artifacts, outlock
+from helix_framework.artifacts import split_arrays
 from helix_framework.codec import CodecState, Codes
 from helix_framework.config import CandidateConfig, kernel_signature
-from helix_framework.engine import BlockStats
-from helix_framework.errors import CalibrationError, ConfigError, HelixError, NotApplicable, OutputError
+from helix_framework.engine import BlockStats, each_tensor
+from helix_framework.errors import AgreementError, CalibrationError, ConfigError, HelixError, NotApplicable, OutputError
 from helix_framework.layer_stats import LayerStats
 from helix_framework.measurement import MeasureContext
 from helix_framework.rotation import RotationState
@@ -404,16 +405,17 @@ def _calibrate_locked(source: ModelSource, model: Path, candidate: CandidateConf
         # core was busy; the JIT kernels split rows over threads themselves.
         with helix_jit.record_kernels() as recorder, threadpool_limits(1, "blas"):
             infos = source.tensors()
-            calibration_text = None
-            if candidate.calibration is not None:
-                entries, calibration_text = _calibrate_data_aware(source, infos, comp, tensor_dir, selector,
-                                                                  written, progress, on_tensor)
-            else:
-                entries = []
-                for i, info in enumerate(_progress(infos, progress, "calibrating")):
-                    if on_tensor is not None:
-                        on_tensor(i, len(infos), info.name)
-                    entries.append(_calibrate_one(source, info, comp, tensor_dir, selector, written))
+            entries_by_name: dict[str, dict[str, Any]] = {}
+
+            def handle(info: Any, stats: BlockStats | None) -> np.ndarray | None:
+                kept: dict[str, np.ndarray] = {}
+                entries_by_name[info.name] = _calibrate_one(source, info, comp, tensor_dir, selector, written,
+                                                            stats=stats, keep=kept)
+                return kept.get(info.name)
+
+            calibration_text = each_tensor(source, infos, candidate.calibration, handle, progress=progress,
+                                           on_tensor=on_tensor)
+            entries = [entries_by_name[info.name] for info in infos]  # source order, whatever the visit order
             manifest = {
                 "schema_version": artifacts.SCHEMA_VERSION,
                 "source": {
@@ -452,7 +454,7 @@ def _calibrate_locked(source: ModelSource, model: Path, candidate: CandidateConf
 def _add_token_agreement(model: Path, out: Path, manifest: dict[str, Any], host: Any, started: float) -> CalibrationSummary:
     """Run token agreement on the artifacts just written and record it in
     the manifest (rewritten atomically: the tensors are already verified)."""
-    from helix_framework.agree import agree, weights_from_artifacts
+    from helix_framework.agree import agree
     from helix_framework.host import get_host
     from helix_framework.sources import open_source
 
@@ -547,75 +549,6 @@ def route_and_read(source: ModelSource, info: Any, candidate: CandidateConfig, s
                 bad = int((~np.isfinite(x)).sum())
                 route, reason, x = "skip", f"contains {bad} NaN or infinite value(s); kept as is", None
     return Routed(route, reason, decision.rule, reshape, x)
-
-
-def data_aware_pass(
-    source: ModelSource, infos: list[Any], comp: Components, handle: Any, progress: bool = False,
-    on_tensor: Callable[[int, int, str], None] | None = None,
-) -> dict[str, Any]:
-    """Run a data-aware candidate's calibration windows through the model
-    block by block (see `helix_framework.engine`).
-
-    ``handle(info, stats)`` is called once for every tensor of ``infos``:
-    first those outside the decoder blocks (``stats`` None), then each
-    block's, with the `BlockStats` of a linear layer's inputs; it returns the
-    tensor's reconstruction (what the windows pass through with ``propagate:
-    quantized``) or None to keep the tensor as it is; ``on_tensor(i, n,
-    name)`` is called before each. Returns what the manifest records about
-    the calibration text.
-    """
-    from helix_framework.calibration_text import load_documents, make_windows
-    from helix_framework.engine import run_blocks
-    from helix_framework.prompts import load_prompts
-    from helix_framework.reference import DecoderModel, load_model, load_tokenizer
-
-    cal = comp.candidate.calibration
-    windows = make_windows(load_tokenizer(source), load_documents(cal.text), sequences=cal.sequences,
-                           tokens=cal.tokens, seed=cal.seed, held_out=cal.held_out, evaluation=load_prompts(None))
-    model = load_model(source, lazy=True)
-    if not isinstance(model, DecoderModel):
-        raise ConfigError("data-aware calibration runs decoder models (Llama family) only", path="$.calibration")
-    by_name = {info.name: info for info in infos}
-    in_blocks = {n for layer in range(model.n_layers) for n in model.block_tensors(layer)}
-    done = 0
-
-    def step(info: Any, stats: BlockStats | None) -> np.ndarray | None:
-        nonlocal done
-        if on_tensor is not None:
-            on_tensor(done, len(infos), info.name)
-        done += 1
-        return handle(info, stats)
-
-    for info in infos:
-        if info.name not in in_blocks:
-            step(info, None)
-
-    def fit_block(layer: int, names: list[str], stats: Any) -> dict[str, np.ndarray]:
-        kept = {name: step(by_name[name], stats.get(name)) for name in names}
-        return {name: recon for name, recon in kept.items() if recon is not None}
-
-    run_blocks(model, windows.ids, windows.fit, windows.held_out, fit_block, propagate=cal.propagate,
-               progress=progress)
-    settings = {"text": cal.text, "sequences": cal.sequences, "tokens": cal.tokens, "seed": cal.seed,
-                "held_out_fraction": cal.held_out, "propagate": cal.propagate}
-    return windows.to_json(settings)
-
-
-def _calibrate_data_aware(
-    source: ModelSource, infos: list[Any], comp: Components, tensor_dir: Path, selector: Any, written: set[str],
-    progress: bool, on_tensor: Callable[[int, int, str], None] | None,
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Every tensor's entry (in source order) and the calibration-text record."""
-    entries: dict[str, dict[str, Any]] = {}
-
-    def handle(info: Any, stats: BlockStats | None) -> np.ndarray | None:
-        kept: dict[str, np.ndarray] = {}
-        entries[info.name] = _calibrate_one(source, info, comp, tensor_dir, selector, written, stats=stats,
-                                            keep=kept)
-        return kept.get(info.name)
-
-    record = data_aware_pass(source, infos, comp, handle, progress, on_tensor)
-    return [entries[info.name] for info in infos], record
 
 
 def _calibrate_one(
@@ -729,18 +662,6 @@ def _summarize(manifest: dict[str, Any], out_dir: str, seconds: float) -> Calibr
     )
 
 
-def _progress(items: list[Any], enabled: bool, desc: str) -> Iterator[Any]:
-    if not enabled:
-        yield from items
-        return
-    from tqdm import tqdm
-
-    with tqdm(items, desc=desc, unit="tensor", leave=False) as bar:
-        for item in bar:
-            bar.set_postfix_str(item.name[-40:], refresh=False)
-            yield item
-
-
 def _kernels_json(recorder: Any) -> dict[str, Any]:
     """The kernels a run used, and how many were compiled versus loaded."""
     uses = [dataclasses.asdict(u) for u in recorder.kernels]
@@ -748,16 +669,81 @@ def _kernels_json(recorder: Any) -> dict[str, Any]:
     return {"used": uses, **{f"n_{k}": v for k, v in count.items()}}
 
 
+# -- candidate weights in memory -----------------------------------------------
+
+
+def weights_from_artifacts(directory: str | Path, source: ModelSource, host: Any) -> Mapping[str, np.ndarray]:
+    """Reconstructed matrices of a calibration output, in the source's shapes.
+
+    The artifacts are checked against the manifest at once; each matrix is
+    rebuilt when it is looked up (and again on every lookup), so a model
+    loaded lazily from them holds one block's matrices at a time."""
+    directory = Path(directory)
+    manifest = artifacts.read_manifest(directory)
+    if manifest["source"]["files"] != source.file_hashes():
+        raise AgreementError(
+            f"{directory}: the artifacts were calibrated from a different model "
+            f"({manifest['source']['path']}); pass that model"
+        )
+    problems = artifacts.verify(directory)
+    if problems:
+        raise AgreementError(f"{directory}: artifacts do not match the manifest: {problems[0]}")
+    return ArtifactWeights(directory, manifest, host)
+
+
+class ArtifactWeights(Mapping):
+    """Codec-routed tensors of a verified calibration output, rebuilt on lookup."""
+
+    def __init__(self, directory: Path, manifest: dict[str, Any], host: Any):
+        self._directory, self._manifest, self._host = directory, manifest, host
+        self._entries = {e["name"]: e for e in manifest["tensors"] if e["route"] == "codec"}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return reconstruct(self._entries[name], self._directory, self._host, self._manifest)
+
+    def __contains__(self, name: object) -> bool:  # without rebuilding the tensor
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def weights_from_config(source: ModelSource, candidate: CandidateConfig, host: Any,
+                        tensors: str | None = None,
+                        on_tensor: Callable[[int, int, str], None] | None = None,
+                        bits: dict[str, float] | None = None) -> dict[str, np.ndarray]:
+    """Fit every routed matrix in memory (on its calibration rows, and for a
+    data-aware candidate block by block with its layer statistics, exactly as
+    `calibrate` does) and keep the reconstructions. ``on_tensor(i, n,
+    name)`` is called before each tensor; an exception it raises stops the fit.
+    ``bits``, if given, receives each tensor's total bits (codes, overhead, rotation)."""
+    comp = resolve(candidate, host)
+    selector = tensor_selector(tensors)
+    require_selection(selector, source.tensors(), candidate.routes)
+    out = {}
+
+    def fit_one(info: Any, stats: BlockStats | None) -> np.ndarray | None:
+        routed = route_and_read(source, info, candidate, selector)
+        if routed.route != "codec":
+            return None
+        chosen = comp.for_tensor(info.name)  # a route choice's components, or the candidate's
+        cand = chosen.candidate
+        split = split_rows(routed.rows.shape[0], cand.rows, cand.in_sample, info.name)
+        fitted = fit_reconstruct(routed.rows, split.calibration, chosen, cand.params, info.name,
+                                 tensor_rng(cand.rows.seed, info.name), stats=stats.fit if stats is not None else None)
+        out[info.name] = fitted.reconstruction.reshape(info.shape)
+        if bits is not None:
+            bits[info.name] = fitted.bits["total_bits"]
+        return out[info.name]
+
+    each_tensor(source, source.tensors(), candidate.calibration, fit_one, on_tensor=on_tensor)
+    return out
+
+
 # -- decode --------------------------------------------------------------------
-
-
-def split_arrays(arrays: dict[str, np.ndarray]) -> tuple[dict, dict, dict]:
-    """Artifact arrays back into (codes, state, rotation) dicts."""
-    parts: dict[str, dict[str, np.ndarray]] = {"codes": {}, "state": {}, "rotation": {}}
-    for key, value in arrays.items():
-        prefix, _, rest = key.partition(".")
-        parts[prefix][rest] = np.asarray(value)
-    return parts["codes"], parts["state"], parts["rotation"]
 
 
 def reconstruct(entry: dict[str, Any], directory: Path, host: Any, manifest: dict[str, Any]) -> np.ndarray:

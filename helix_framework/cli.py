@@ -219,12 +219,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_agree(args: argparse.Namespace) -> int:
-    from helix_framework.agree import (
-        agree, is_encoder, read_text, tensors_read_by_model, weights_from_artifacts, weights_from_config,
-        weights_from_gguf,
-    )
+    from helix_framework.agree import agree, is_encoder, read_text, tensors_read_by_model, weights_from_gguf
     from helix_framework.artifacts import read_manifest
-    from helix_framework.calibrate import mark_partial, partial_of
+    from helix_framework.calibrate import mark_partial, partial_of, weights_from_artifacts, weights_from_config
     from helix_framework.config import load_candidate
     from helix_framework.host import get_host
     from helix_framework.measure.agreement import MIN_POSITIONS

@@ -1,4 +1,10 @@
-"""Block-at-a-time execution over calibration windows.
+"""The one loop over a model's tensors, and block-at-a-time execution over windows.
+
+`each_tensor` is how calibration, in-memory fitting (``helix agree
+--config``, ``helix serve``) and sweeps visit tensors: in source order for a
+data-free candidate; for a data-aware one, the tensors outside the decoder
+blocks first, then block by block with the statistics of each linear
+layer's inputs (`run_blocks`).
 
 A data-aware calibration moves a batch of token windows through the model one
 decoder block at a time: embed, then for each block collect every linear
@@ -9,19 +15,29 @@ compressed block (``propagate: quantized``) or the reference one
 (``propagate: reference``). The model is loaded lazily and each block's
 weights are released before the next is read, so only one block's matrices
 are in memory at a time.
+
+`forward_steps` is the same walk without statistics, for token agreement:
+the hidden states of every window after the embedding and after each block,
+one step at a time, so a reference or candidate larger than memory is scored
+with one block's weights loaded. Between steps it calls ``on_step(phase, i,
+n)``; an exception raised there stops the walk (`helix serve` cancels jobs
+that way).
 """
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import attrs
 import numpy as np
 
-from helix_framework.errors import LayerInputError
+from helix_framework.errors import ConfigError, LayerInputError
 from helix_framework.layer_stats import LayerStats
 
-__all__ = ["BlockStats", "StatsCollector", "run_blocks"]
+#: ``on_step(phase, i, n)``: called before step ``i`` of ``n``; raise to stop.
+StepCallback = Callable[[str, int, int], None]
+
+__all__ = ["BlockStats", "StatsCollector", "StepCallback", "each_tensor", "forward_steps", "head_logits", "run_blocks"]
 
 
 @attrs.frozen
@@ -83,6 +99,69 @@ class StatsCollector:
         return out
 
 
+#: ``handle(info, stats) -> reconstruction or None`` for one tensor (see `each_tensor`).
+HandleTensor = Callable[[Any, "BlockStats | None"], "np.ndarray | None"]
+
+
+def each_tensor(
+    source: Any, infos: Sequence[Any], calibration: Any, handle: HandleTensor, *, progress: bool = False,
+    on_tensor: Callable[[int, int, str], None] | None = None,
+) -> dict[str, Any] | None:
+    """Call ``handle(info, stats)`` once for every tensor of ``infos``;
+    ``on_tensor(i, n, name)`` before each (an exception it raises stops the
+    loop: `helix serve` cancels jobs that way).
+
+    Without ``calibration`` (a candidate's `CalibrationConfig`) the tensors
+    come in order with ``stats`` None. With it, the calibration windows run
+    through ``source``'s model block by block: first the tensors outside the
+    decoder blocks (``stats`` None), then each block's, with the `BlockStats`
+    of a linear layer's inputs; ``handle`` returns the tensor's
+    reconstruction (what the windows pass through with ``propagate:
+    quantized``) or None to keep the tensor as it is. Returns what the
+    manifest records about the calibration text (None without it).
+    """
+    done = 0
+
+    def step(info: Any, stats: BlockStats | None) -> np.ndarray | None:
+        nonlocal done
+        if on_tensor is not None:
+            on_tensor(done, len(infos), info.name)
+        done += 1
+        return handle(info, stats)
+
+    if calibration is None:
+        for info in _progress_tensors(infos, progress):
+            step(info, None)
+        return None
+
+    from helix_framework.calibration_text import load_documents, make_windows
+    from helix_framework.prompts import load_prompts
+    from helix_framework.reference import DecoderModel, load_model, load_tokenizer
+
+    cal = calibration
+    windows = make_windows(load_tokenizer(source), load_documents(cal.text), sequences=cal.sequences,
+                           tokens=cal.tokens, seed=cal.seed, held_out=cal.held_out, evaluation=load_prompts(None))
+    model = load_model(source, lazy=True)
+    # GPT-2's Conv1D matrices are stored [in, out]: their rows are not the rows the statistics describe.
+    if not isinstance(model, DecoderModel) or any(spec.transposed for spec in model.linear_specs()):
+        raise ConfigError("data-aware calibration runs decoder models (Llama family) only", path="$.calibration")
+    by_name = {info.name: info for info in infos}
+    in_blocks = {n for layer in range(model.n_layers) for n in model.block_tensors(layer)}
+    for info in infos:
+        if info.name not in in_blocks:
+            step(info, None)
+
+    def fit_block(layer: int, names: list[str], stats: Mapping[str, BlockStats]) -> dict[str, np.ndarray]:
+        kept = {name: step(by_name[name], stats.get(name)) for name in names}
+        return {name: recon for name, recon in kept.items() if recon is not None}
+
+    run_blocks(model, windows.ids, windows.fit, windows.held_out, fit_block, propagate=cal.propagate,
+               progress=progress)
+    settings = {"text": cal.text, "sequences": cal.sequences, "tokens": cal.tokens, "seed": cal.seed,
+                "held_out_fraction": cal.held_out, "propagate": cal.propagate}
+    return windows.to_json(settings)
+
+
 #: ``fit_block(layer, tensor names, stats by layer name) -> replacement weights``
 #: (name -> float32 array in the model's orientation) for the compressed block.
 FitBlock = Callable[[int, list[str], Mapping[str, BlockStats]], Mapping[str, np.ndarray]]
@@ -100,6 +179,7 @@ def run_blocks(
     """
     h_fit = model.embed_windows(ids[fit])
     h_held = model.embed_windows(ids[held_out]) if held_out.size else None
+    release_loaded(model)
     for layer in _progress(range(model.n_layers), progress):
         names = model.block_tensors(layer)
         collector = StatsCollector()
@@ -121,12 +201,65 @@ def run_blocks(
         else:
             h_fit, h_held = ref_fit, ref_held
         model.weights.release(names)
+        # Not past this block: its statistics and reconstructions are as large as its weights.
+        del collector, replacements, ref_fit, ref_held
 
 
-def _progress(items: range, enabled: bool) -> Iterator[int]:
+def forward_steps(
+    model: object, windows: Sequence[np.ndarray], *, on_step: StepCallback | None = None, phase: str = "forward",
+    progress: bool = False,
+) -> Iterator[list[np.ndarray]]:
+    """Hidden states ``[T, hidden]`` of each window of token ids (each from
+    position 0, independent of the others): first the embeddings, then the
+    output of each block in turn (``n_layers + 1`` lists in all), exactly
+    the ``hidden`` of ``DecoderModel.forward(ids, return_hidden=True)``.
+
+    A lazily loaded model (``LazyWeights``) has its weights released after
+    every step, so one block's matrices are in memory at a time.
+    ``on_step(phase, i, n_layers)`` runs before block ``i``.
+    """
+    h = [model.embed_windows(np.asarray(ids)[None])[0] for ids in windows]
+    release_loaded(model)
+    yield h
+    for layer in _progress(range(model.n_layers), progress, f"{phase} blocks"):
+        if on_step is not None:
+            on_step(phase, layer, model.n_layers)
+        h = [model.block_windows(layer, x[None])[0] for x in h]
+        release_loaded(model)
+        yield h
+
+
+def head_logits(model: object, hidden: Sequence[np.ndarray]) -> Iterator[np.ndarray]:
+    """Logits ``[T, vocab]`` of each window's last hidden states, one window
+    at a time (a window's logits are the largest array of a pass)."""
+    for h in hidden:
+        yield model.head_window(h)
+    release_loaded(model)
+
+
+def release_loaded(model: object) -> None:
+    """Drop every weight a lazily loaded model holds (read again on use)."""
+    release = getattr(model.weights, "release", None)  # only `LazyWeights` can read a weight again
+    if release is not None:
+        release(list(dict.keys(model.weights)))
+
+
+def _progress_tensors(infos: Sequence[Any], enabled: bool) -> Iterator[Any]:
+    if not enabled:
+        yield from infos
+        return
+    from tqdm import tqdm
+
+    with tqdm(infos, desc="calibrating", unit="tensor", leave=False) as bar:
+        for info in bar:
+            bar.set_postfix_str(info.name[-40:], refresh=False)
+            yield info
+
+
+def _progress(items: range, enabled: bool, desc: str = "calibrating blocks") -> Iterator[int]:
     if not enabled:
         yield from items
         return
     from tqdm import tqdm
 
-    yield from tqdm(items, desc="calibrating blocks", unit="block", leave=False)
+    yield from tqdm(items, desc=desc, unit="block", leave=False)

@@ -29,11 +29,15 @@ What it guarantees:
   largest cluster (one not sitting on its centroid, chosen with the rng)
   becomes the empty centroid and leaves that cluster, which is then
   recomputed, as FAISS splits its largest cluster.
-- **Training assignments in float64 (F64x8 lane width) by default.** The
-  float64 distances make the jitted kernel and its numpy reference agree on
-  every assignment but exact ties, so a JIT run and a ``HELIX_JIT_DISABLE=1``
-  run train the same codebooks (a float32 near-tie flipped during training
-  would move two centroids and change everything after it).
+- **Training assignments in float32 with a float64 tie rule** (lane width
+  F32x16, ``pq_assign(..., exact=True)``): the float32 search reports how
+  close the runner-up was, and every near tie within float32 rounding is
+  re-decided in float64, so the codes are those of a float64 search whether
+  the jit or ``HELIX_JIT_DISABLE=1`` computed them, and a JIT run and a
+  reference run train the same codebooks (a near tie flipped during training
+  would move two centroids and change everything after it). The inertia,
+  the tolerance test and the centroid update are float64 functions of those
+  codes alone.
 """
 
 from __future__ import annotations
@@ -42,9 +46,9 @@ from collections.abc import Sequence
 
 import attrs
 import numpy as np
-import scipy.sparse as sp
 
 import helix_jit
+from helix_jit.kernels.kmeanspp import kmeanspp_draws, sq_distances
 from helix_jit.lanes import LaneWidth
 
 __all__ = [
@@ -69,7 +73,10 @@ class KMeansResult:
     ``inertia``: final sum of squared distances per subspace (float64);
     ``iterations``: centroid updates done per subspace; ``converged``: per
     subspace, whether the tolerance was met before ``max_iter``;
-    ``reseeded``: empty clusters re-seeded, over all subspaces and steps.
+    ``reseeded``: empty clusters re-seeded, over all subspaces and steps;
+    ``codes``: [n, M] nearest centroid of every training row under the
+    returned centroids (the last Lloyd assignment; callers reuse it instead
+    of assigning again).
     """
 
     centroids: tuple[np.ndarray, ...] = attrs.field(repr=False)
@@ -79,6 +86,7 @@ class KMeansResult:
     iterations: tuple[int, ...]
     converged: tuple[bool, ...]
     reseeded: int = 0
+    codes: np.ndarray | None = attrs.field(default=None, repr=False, eq=False)
 
     @property
     def codebook(self) -> np.ndarray:
@@ -119,7 +127,7 @@ def kmeans(
     max_iter: int = 25,
     tol: float = 1e-4,
     init: np.ndarray | None = None,
-    lane_width: LaneWidth | str = LaneWidth.F64x8,
+    lane_width: LaneWidth | str = LaneWidth.F32x16,
     init_points_per_centroid: int = 32,
 ) -> KMeansResult:
     """k-means of the rows of ``x`` (float32 [n, w]) into at most ``k`` centroids.
@@ -152,7 +160,7 @@ def kmeans_subspaces(
     max_iter: int = 25,
     tol: float = 1e-4,
     init: Sequence[np.ndarray] | None = None,
-    lane_width: LaneWidth | str = LaneWidth.F64x8,
+    lane_width: LaneWidth | str = LaneWidth.F32x16,
     init_points_per_centroid: int = 32,
 ) -> KMeansResult:
     """Independent k-means of each column block of ``x`` (float32 [n, d]).
@@ -195,35 +203,35 @@ def _kmeans_pp(
 ) -> list[np.ndarray]:
     """D^2 seeding of every subspace at once, on a subsample of the rows.
 
-    Distances to each new centroid come from one small product per step,
-    ||x||^2 + ||c||^2 - 2 x.c with a block-diagonal [M, d] matrix of the new
-    centroids (float32 product, float64 sums), so a step costs one pass over
-    the subsample for all subspaces. Points within rounding of the new centroid get their exact
-    distance, so duplicates of a chosen point really have D = 0 and are
-    never drawn again.
+    A step costs a few float32 passes over the subsample for all subspaces
+    (`_sq_distances`); the draw itself uses float64 running sums.
     """
     n, M, d = x.shape[0], len(cols), x.shape[1]
     n_init = min(n, max(1, int(per_centroid)) * k)
     idx = np.sort(rng.choice(n, size=n_init, replace=False)) if n_init < n else np.arange(n)
     xs = np.ascontiguousarray(x[idx])
-    starts = offsets[:-1]
-    xn2 = np.add.reduceat(xs.astype(np.float64) ** 2, starts, axis=1).T.copy()  # [M, n_init]
     cents = [np.empty((k, c.stop - c.start), np.float32) for c in cols]
     if M * n_init * n_init <= _PAIRWISE_LIMIT:
         return _kmeans_pp_pairwise(x, xs, cols, cents, k, rng)
-    d2 = np.full((M, n_init), np.inf)
-    block = np.zeros((M, d), np.float32)
+    if M == 1:
+        cents[0][:] = _kmeans_pp_single(x, xs, k, rng)
+        return cents
+    starts = offsets[:-1]
+    xn2 = np.add.reduceat(xs * xs, starts, axis=1).T.copy()  # [M, n_init]
+    d2 = np.full((M, n_init), np.inf, np.float32)
+    near_tol = np.float32(64 * max(int(w) for w in np.diff(offsets)) * np.finfo(np.float32).eps)
     for j in range(k):
         if j == 0:
             pick = rng.integers(0, n_init, size=M)
         else:
-            cum = np.cumsum(d2, axis=1)
+            cum = np.cumsum(d2, axis=1, dtype=np.float64)  # float64 running sums: the draw's resolution
             u = rng.random(M) * cum[:, -1]
             pick = np.array(
                 [min(int(np.searchsorted(cum[m], u[m], side="right")), n_init - 1) if cum[m, -1] > 0 else -1
                  for m in range(M)],
                 dtype=np.intp,
             )
+        c = np.empty(d, np.float32)
         for m, sl in enumerate(cols):
             if pick[m] >= 0:
                 cents[m][j] = xs[pick[m], sl]
@@ -232,18 +240,58 @@ def _kmeans_pp(
                 # take the first point of the full set, in a seeded order, that
                 # differs from every centroid so far. One exists since k <= distinct.
                 cents[m][j] = _unseen_point(x[:, sl], cents[m][:j], rng)
-            block[m, sl] = cents[m][j]
+            c[sl] = cents[m][j]
         if j + 1 < k:
-            c = block.sum(axis=0, dtype=np.float64)
-            cn2 = np.add.reduceat(c * c, starts)[:, None]
-            d_new = xn2 + cn2 - 2.0 * (xs @ block.T).T.astype(np.float64)  # float32 product: one pass
-            # rounding of the expansion: recompute points near the new centroid exactly
-            near = np.flatnonzero((d_new <= 1e-5 * (xn2 + cn2)).any(axis=0))
-            if near.size:
-                d_new[:, near] = np.add.reduceat((xs[near].astype(np.float64) - c) ** 2, starts, axis=1).T
-            np.maximum(d_new, 0.0, out=d_new)
+            d_new = _sq_distances(xs, xn2, c, starts, near_tol)
             np.minimum(d2, d_new, out=d2)
     return cents
+
+
+def _kmeans_pp_single(x: np.ndarray, xs: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """D^2 seeding of one subspace (the shared-codebook case, the hot one):
+    the k sequential draws run in one ``kmeanspp_draws`` kernel call (numpy
+    reference under ``HELIX_JIT_DISABLE=1``, the same picks).
+
+    Distances are float32 sums of squared differences, so duplicates of a
+    chosen point have D = 0 and are never drawn again. When the subsample
+    runs out of distinct points the kernel stops and the next centroid comes
+    from the full set (`_unseen_point`), as in `_kmeans_pp`.
+    """
+    n = xs.shape[0]
+    xt = np.ascontiguousarray(xs.T)
+    cents = np.empty((k, xs.shape[1]), np.float32)
+    pick = int(rng.integers(0, n, size=1)[0])
+    cents[0] = xs[pick]
+    u = np.empty(k)
+    u[1:] = rng.random(k - 1)
+    picks = np.full(k, -1, np.int64)
+    d2 = sq_distances(xt, cents[0])
+    j = 1
+    while j < k:
+        stop = kmeanspp_draws(xt, d2, u, picks, j, k)
+        cents[j:stop] = xs[picks[j:stop]]
+        if stop == k:
+            break
+        cents[stop] = _unseen_point(x, cents[:stop], rng)
+        np.minimum(d2, sq_distances(xt, cents[stop]), out=d2)
+        j = stop + 1
+    return cents
+
+
+def _sq_distances(xs: np.ndarray, xn2: np.ndarray, c: np.ndarray, starts: np.ndarray, near_tol: np.float32) -> np.ndarray:
+    """[M, n] squared distances of the rows of ``xs`` to ``c`` per subspace, float32.
+
+    ||x||^2 + ||c||^2 - 2 x.c (one pass for all subspaces); values within
+    rounding of zero are recomputed as sums of squared differences, so
+    duplicates of ``c`` get exactly 0 and are never drawn again.
+    """
+    cn2 = np.add.reduceat(c * c, starts)[:, None]
+    d_new = (xn2 + cn2) - np.float32(2) * np.add.reduceat(xs * c, starts, axis=1).T
+    m_idx, i_idx = np.nonzero(d_new <= near_tol * (xn2 + cn2))
+    if i_idx.size:
+        diff = np.square(xs[i_idx] - c)
+        d_new[m_idx, i_idx] = np.add.reduceat(diff, starts, axis=1)[np.arange(i_idx.size), m_idx]
+    return np.maximum(d_new, np.float32(0), out=d_new)
 
 
 _PAIRWISE_LIMIT = 8_000_000  # float64 entries (64 MB) of the per-subspace distance matrices
@@ -322,11 +370,22 @@ def _lloyd(
     prev = np.full(M, np.nan)
     final = np.zeros(M)
     reseeded = 0
+    # float64 columns per subspace, [w, n]: contiguous weights for np.bincount
+    xt = [np.ascontiguousarray(x[:, c].T, dtype=np.float64) for c in cols]
+    xx = [float(np.einsum("ij,ij->", t, t)) for t in xt]
+    codes = np.zeros((x.shape[0], M), np.uint8 if k <= 256 else np.uint16)
     for it in range(max_iter + 1):
-        codes, dist = helix_jit.pq_assign(x, cents, lw, return_distances=True)
-        inertia = dist.sum(axis=0, dtype=np.float64)
-        for m in np.flatnonzero(active):
-            cur = inertia[m]
+        live = np.flatnonzero(active)
+        # a frozen subspace keeps its codes; the others are assigned in one call
+        if live.size == M:
+            codes = _assign(x, cents, lw)
+        else:
+            sub = np.ascontiguousarray(np.concatenate([x[:, cols[m]] for m in live], axis=1))
+            codes[:, live] = _assign(sub, [cents[m] for m in live], lw)
+        for m in live:
+            lab = codes[:, m].astype(np.intp)
+            sums, counts = _cluster_sums(lab, xt[m], k), np.bincount(lab, minlength=k).astype(np.float64)
+            cur = _inertia(xx[m], cents[m], sums, counts)
             if it > 0 and abs(prev[m] - cur) <= tol * prev[m]:
                 converged[m] = True
             if converged[m] or it == max_iter or cur == 0.0:
@@ -335,7 +394,7 @@ def _lloyd(
                 final[m] = cur
                 continue
             prev[m] = cur
-            cents[m], r = _update(x[:, cols[m]], codes[:, m], k, cents[m], rng)
+            cents[m], r = _update(xt[m], lab, sums, counts, cents[m], rng)
             reseeded += r
             iters[m] += 1
         if not active.any():
@@ -348,18 +407,41 @@ def _lloyd(
         iterations=tuple(int(v) for v in iters),
         converged=tuple(bool(v) for v in converged),
         reseeded=reseeded,
+        codes=codes,
     )
 
 
+def _assign(x: np.ndarray, cents: list[np.ndarray], lw: LaneWidth) -> np.ndarray:
+    """Codes [n, M]: float32 with the float64 tie rule, or the lane width asked for."""
+    if lw is LaneWidth.F32x16:
+        return helix_jit.pq_assign(x, cents, lw, exact=True)
+    return helix_jit.pq_assign(x, cents, lw)
+
+
+def _inertia(xx: float, cent: np.ndarray, sums: np.ndarray, counts: np.ndarray) -> float:
+    """Sum of squared distances of the rows to their assigned centroids,
+    sum ||x||^2 - 2 sum_k c_k . S_k + sum_k n_k ||c_k||^2 in float64 from the
+    cluster sums S_k and counts n_k (a function of the codes alone, so it does
+    not depend on which path computed them). Within 1e-12 of ``xx`` counts
+    as 0: every row sits on its centroid."""
+    c = cent.astype(np.float64)
+    cur = xx - 2.0 * float(np.einsum("kj,kj->", c, sums)) + float(counts @ np.einsum("kj,kj->k", c, c))
+    return 0.0 if cur <= 1e-12 * xx else cur
+
+
+def _cluster_sums(labels: np.ndarray, columns: np.ndarray, k: int) -> np.ndarray:
+    """[k, w] float64 sums per label of the rows whose coordinates are
+    ``columns`` [w, n] (``np.bincount`` per coordinate: a fixed order)."""
+    lab = labels.astype(np.intp, copy=False)
+    return np.stack([np.bincount(lab, weights=col, minlength=k) for col in columns], axis=1)
+
+
 def _update(
-    xm: np.ndarray, labels: np.ndarray, k: int, old: np.ndarray, rng: np.random.Generator
+    xt: np.ndarray, lab: np.ndarray, sums: np.ndarray, counts: np.ndarray, old: np.ndarray, rng: np.random.Generator
 ) -> tuple[np.ndarray, int]:
-    """New centroids = cluster means (float64 sums); empty clusters re-seeded."""
-    n = xm.shape[0]
-    lab = labels.astype(np.intp)
-    onehot = sp.csr_matrix((np.ones(n), (lab, np.arange(n))), shape=(k, n))
-    sums = np.asarray(onehot @ xm.astype(np.float64))
-    counts = np.bincount(lab, minlength=k).astype(np.float64)
+    """New centroids = cluster means from ``sums`` / ``counts``; empty clusters
+    re-seeded. ``xt``: float64 [w, n] columns; returns float32 centroids."""
+    sums, counts = sums.copy(), counts.copy()
     empty = np.flatnonzero(counts == 0)
     new = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], old.astype(np.float64))
     if empty.size:
@@ -373,11 +455,11 @@ def _update(
                 if big not in members:
                     members[big] = np.flatnonzero(lab == big)
                 mem = members[big]
-                off = np.flatnonzero(np.any(xm[mem] != new[big].astype(np.float32), axis=1))
+                off = np.flatnonzero(np.any(xt[:, mem].T.astype(np.float32) != new[big].astype(np.float32), axis=1))
                 if off.size == 0:
                     continue
                 i = mem[off[rng.integers(0, off.size)]]
-                p = xm[i].astype(np.float64)
+                p = xt[:, i]
                 new[e] = p
                 sums[big] -= p
                 counts[big] -= 1
@@ -438,7 +520,6 @@ def weighted_lloyd(
         if prev is not None and abs(prev - cur) <= tol * prev:
             break
         prev = cur
-        onehot = sp.csr_matrix((np.ones(x.shape[0]), (labels, np.arange(x.shape[0]))), shape=(k, x.shape[0]))
-        num, den = np.asarray(onehot @ (a * x)), np.asarray(onehot @ a)
+        num, den = _cluster_sums(labels, (a * x).T, k), _cluster_sums(labels, a.T, k)
         c = np.where(den > 0, num / np.where(den > 0, den, 1.0), c)
     return c.astype(np.float32)

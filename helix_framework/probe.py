@@ -19,6 +19,7 @@ import numpy as np
 
 from helix_framework.calibrate import RowSplit, fit_reconstruct, measure_splits, resolve, tensor_rng
 from helix_framework.config import CandidateConfig
+from helix_framework.engine import BlockStats, each_tensor
 from helix_framework.errors import ConfigError
 from helix_framework.routing import route_tensor
 from helix_framework.models import resolve_model
@@ -68,15 +69,39 @@ def _cap_centroids(params: Any, rows: int) -> tuple[Any, int | None]:
     return (attrs.evolve(params, **changes) if changes else params), capped
 
 
+class _Found(Exception):
+    def __init__(self, stats: BlockStats | None):
+        self.stats = stats
+
+
+def _layer_stats(source: Any, tensor: str, candidate: CandidateConfig) -> BlockStats | None:
+    """The statistics of ``tensor``'s inputs for a data-aware candidate: the
+    engine's block pass through the reference blocks, stopped at its block."""
+
+    def handle(info: Any, stats: BlockStats | None) -> None:
+        if info.name == tensor:
+            raise _Found(stats)
+
+    try:
+        each_tensor(source, source.tensors(), attrs.evolve(candidate.calibration, propagate="reference"), handle)
+    except _Found as found:
+        return found.stats
+    return None
+
+
 def probe(model: str | Path, tensor: str, candidate: CandidateConfig, rows: list[int | str], host: Any = None) -> list[ProbeRow]:
-    """Run the row-count probe on one tensor of ``model``."""
+    """Run the row-count probe on one tensor of ``model`` (a data-aware
+    candidate fits with the statistics of the tensor's inputs, collected by
+    the engine through the reference blocks before it; a config whose routes
+    choose another candidate for the tensor probes that one)."""
     comp = resolve(candidate, host).for_tensor(tensor)
-    candidate = comp.candidate  # a route choice's, when the config routes this tensor to one
+    candidate = comp.candidate
     model = resolve_model(model)
     with open_source(model) as source:
         info = source.tensor(tensor)
         decision = route_tensor(info.name, info.shape, candidate.routes)
         x = source.read(tensor)
+        stats = _layer_stats(source, tensor, candidate) if candidate.calibration is not None else None
     x = x.reshape(decision.reshape or x.shape)
     if x.ndim != 2:
         raise ConfigError(f"tensor {tensor!r} has shape {tuple(info.shape)}; the probe needs a matrix", path="--tensor")
@@ -88,9 +113,11 @@ def probe(model: str | Path, tensor: str, candidate: CandidateConfig, rows: list
         train = np.sort(perm[:r_eff])
         rest = np.sort(perm[r_eff:])
         params, capped = _cap_centroids(candidate.params, r_eff)
-        fitted = fit_reconstruct(x, train, comp, params, tensor, tensor_rng(candidate.rows.seed, tensor))
+        fitted = fit_reconstruct(x, train, comp, params, tensor, tensor_rng(candidate.rows.seed, tensor),
+                                 stats=stats.fit if stats is not None else None)
         split = RowSplit(n, train, rest if rest.size else train, candidate.rows.seed, in_sample=not rest.size)
-        figures = measure_splits(x, fitted.reconstruction, split, comp.measurements, candidate.rows.seed, tensor)
+        figures = measure_splits(x, fitted.reconstruction, split, comp.measurements, candidate.rows.seed, tensor,
+                                 held_stats=stats.held_out if stats is not None else None)
         out.append(
             ProbeRow(
                 rows=r_eff,

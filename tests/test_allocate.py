@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import yaml
 
-import helix_framework.agree as agree_module
+import helix_framework.calibrate as calibrate_module
 import helix_framework.reference as reference
 from helix_framework.allocate import allocate
 from helix_framework.allocate import estimate as est
@@ -62,8 +62,8 @@ def test_a_rerun_reuses_the_stored_estimates(tmp_path, tiny, monkeypatch):
     out, db = tmp_path / "mix.yaml", tmp_path / "db"
     first = allocate(tiny, files, 5.0, out, db=db, positions=64, window=32)
     fits = []
-    real = agree_module.weights_from_config
-    monkeypatch.setattr(agree_module, "weights_from_config", lambda *a, **k: fits.append(a[1].name) or real(*a, **k))
+    real = calibrate_module.weights_from_config
+    monkeypatch.setattr(calibrate_module, "weights_from_config", lambda *a, **k: fits.append(a[1].name) or real(*a, **k))
     again = allocate(tiny, files, 5.0, out, db=db, positions=64, window=32)
     assert fits == ["mix"]  # only the verdict of the mix is fitted again
     assert again.choice["tensors"] == first.choice["tensors"]
@@ -86,7 +86,7 @@ def test_candidates_that_cannot_mix_are_named_before_any_work(tmp_path, tiny, mo
                                  "rows": {"calibration": 24, "measurement": 8},
                                  "routes": [{"match": "_proj", "route": "codec"}],
                                  "calibration": {"sequences": 6, "tokens": 48}}))
-    monkeypatch.setattr(agree_module, "weights_from_config", lambda *a, **k: pytest.fail("work started"))
+    monkeypatch.setattr(calibrate_module, "weights_from_config", lambda *a, **k: pytest.fail("work started"))
     with pytest.raises(AllocateError, match="calibration: section differs") as info:
         allocate(tiny, [a, str(b)], 3.0, tmp_path / "mix.yaml", db=tmp_path / "db")
     assert info.value.candidate == str(b.resolve())

@@ -344,7 +344,7 @@ def test_cli_bad_calibration_text_is_one_line_exit_2(tmp_path):
 
 
 def test_agree_config_fits_data_aware_in_memory_as_calibrate_does(tmp_path, host, tiny):
-    from helix_framework.agree import weights_from_artifacts, weights_from_config
+    from helix_framework.calibrate import weights_from_artifacts, weights_from_config
     from helix_framework.sources import open_source
 
     cand = candidate(host, codec="stats_seen", rotation={"kind": "random_orthogonal"}, measure=["rel_l2"])
@@ -361,3 +361,17 @@ def test_agree_config_fits_data_aware_in_memory_as_calibrate_does(tmp_path, host
     with open_source(tiny) as source:
         weights_from_config(source, attrs.evolve(cand, calibration=None), host)
     assert len(StatsCodec.seen["fit"]) == 14 and all(s is None for s in StatsCodec.seen["fit"])
+
+
+def test_probe_fits_a_data_aware_candidate_with_its_layer_statistics(host, tiny):
+    from helix_framework.probe import probe
+
+    name = "model.layers.1.mlp.down_proj.weight"
+    StatsCodec.seen.clear()
+    rows = probe(tiny, name, candidate(host, codec="stats_seen"), [16], host=host)
+    (stats,) = StatsCodec.seen["fit"]
+    assert isinstance(stats, LayerStats) and stats.hessian.shape == (48, 48) and stats.n_tokens == 4 * 48
+    assert np.isfinite(rows[0].held_out["output_rel_l2"])  # measured on the held-out windows' inputs
+    StatsCodec.seen.clear()
+    probe(tiny, name, candidate(host, codec="stats_seen", calibration=None, measure=["rel_l2"]), [16], host=host)
+    assert StatsCodec.seen["fit"] == [None]

@@ -92,3 +92,223 @@ def test_nan_inputs_stop_the_run_naming_the_layer():
     bad[1, 2] = np.inf
     with pytest.raises(LayerInputError, match=r"layer 'blk.0.attn_output.weight': .* 1 NaN or infinite"):
         collector("blk.0.attn_output.weight", bad)
+
+
+# -- block-at-a-time forward (token agreement) ------------------------------------
+
+
+def test_forward_steps_are_the_hidden_states_with_one_block_loaded(path):
+    from helix_framework.engine import forward_steps, head_logits
+
+    eager, lazy = load_model(path), load_model(path, lazy=True)
+    rng = np.random.default_rng(3)
+    ids = [rng.integers(0, 61, t) for t in (9, 17, 4)]  # windows of different lengths
+    loaded = []
+    steps = list(forward_steps(lazy, ids, on_step=lambda *a: loaded.append(sorted(dict.keys(lazy.weights)))))
+    assert len(steps) == lazy.n_layers + 1 and loaded == [[]] * lazy.n_layers  # released after every step
+    for b, row in enumerate(ids):
+        logits, hidden = eager.forward(row, return_hidden=True)
+        for step, h in enumerate(steps):
+            np.testing.assert_allclose(h[b], hidden[step], rtol=1e-5, atol=1e-5)
+    for b, logits in enumerate(head_logits(lazy, steps[-1])):
+        np.testing.assert_allclose(logits, eager.forward(ids[b]), rtol=1e-5, atol=1e-5)
+
+
+def _agreement_by_whole_forwards(path, weights, windows):
+    """What `agree` computed before the engine: each window through the whole
+    reference and the whole candidate model."""
+    from helix_framework.measure.agreement import AgreementAccumulator
+
+    ref, cand = load_model(path), load_model(path, weights=weights)
+    acc, offset = AgreementAccumulator(), 0
+    err = norm = 0.0
+    for w in windows:
+        (rl, rh), (cl, ch) = ref.forward(w.ids, return_hidden=True), cand.forward(w.ids, return_hidden=True)
+        acc.add(rl, cl, w.next_ids, np.arange(offset, offset + w.ids.size))
+        err = err + ((np.stack(ch).astype(np.float64) - np.stack(rh)) ** 2).sum(axis=(1, 2))
+        norm = norm + (np.stack(rh).astype(np.float64) ** 2).sum(axis=(1, 2))
+        offset += w.ids.size
+    return acc.result().to_json(), [float(np.sqrt(e / n)) if n else 0.0 for e, n in zip(err, norm)]
+
+
+def _assert_same_agreement(got, want, per_layer):
+    assert (got["positions"], got["top1"], got["top5"]) == (want["positions"], want["top1"], want["top5"])
+    for key in ("mean", "median", "p99", "max"):
+        assert got["kl"][key] == pytest.approx(want["kl"][key], rel=1e-4, abs=1e-7)
+    np.testing.assert_allclose(got["per_layer"], per_layer, rtol=1e-5, atol=1e-9)
+
+
+@pytest.fixture
+def word_tokens(monkeypatch):
+    import helix_framework.reference as reference
+
+    from test_dataaware import WordTokenizer
+
+    monkeypatch.setattr(reference, "load_tokenizer", lambda source: WordTokenizer())
+    return WordTokenizer()
+
+
+def test_agree_block_by_block_equals_whole_forwards_and_stops_between_blocks(path, word_tokens, tmp_path,
+                                                                             monkeypatch):
+    from helix_framework.agree import agree, token_windows
+    from helix_framework.prompts import load_prompts
+
+    monkeypatch.setenv("HELIX_CACHE_DIR", str(tmp_path / "cache"))
+    eager = load_model(path)
+    weights = {n: np.rint(w * 4) / 4 for n, w in eager.weights.items() if n.endswith("proj.weight")}
+    steps = []
+    report = agree(path, weights=weights, candidate_name="coarse", positions=50, window=20,
+                   on_step=lambda phase, i, n: steps.append((phase, i, n)))
+    want, per_layer = _agreement_by_whole_forwards(path, weights, token_windows(word_tokens, load_prompts(None), 50, 20))
+    _assert_same_agreement(report.result, want, per_layer)
+    assert want["top1"] < 1.0 and per_layer[-1] > 0.01  # the candidate does differ
+    assert steps == [(p, i, 2) for p in ("reference", "candidate") for i in range(2)]
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_second_candidate_block(phase, i, n):
+        steps.append((phase, i))
+        if (phase, i) == ("candidate", 1):
+            raise Stop
+
+    steps.clear()
+    with pytest.raises(Stop):  # the reference is cached now: only the candidate runs
+        agree(path, weights=weights, candidate_name="coarse", positions=50, window=20,
+              on_step=stop_at_second_candidate_block)
+    assert steps == [("candidate", 0), ("candidate", 1)]
+
+
+@pytest.mark.slow
+def test_smollm2_agreement_is_what_whole_forwards_give(tmp_path, monkeypatch):
+    from helix_framework.agree import agree, token_windows
+    from helix_framework.calibrate import weights_from_config
+    from helix_framework.config import load_candidate
+    from helix_framework.host import get_host
+    from helix_framework.models import resolve_model
+    from helix_framework.prompts import load_prompts
+    from helix_framework.reference import load_tokenizer
+    from helix_framework.sources import open_source
+
+    from helix_test_support import ROOT
+
+    monkeypatch.setenv("HELIX_CACHE_DIR", str(tmp_path / "cache"))
+    host = get_host()
+    with open_source(resolve_model("smollm2")) as source:
+        cand = load_candidate(ROOT / "configs/codec/03_rtn_int4_g32.yaml", host)
+        weights = weights_from_config(source, cand, host, tensors=r"blk\.(0|7|20)\.")
+        report = agree("smollm2", weights=weights, candidate_name=cand.name, positions=700, source=source)
+        windows = token_windows(load_tokenizer(source), load_prompts(None), 700, 512)
+        want, per_layer = _agreement_by_whole_forwards(source, weights, windows)
+    assert report.result["positions"] == 700 and len(report.result["per_layer"]) == 31
+    _assert_same_agreement(report.result, want, per_layer)
+
+
+# -- one loop, no import cycle ---------------------------------------------------
+
+
+def _import_graph():
+    """helix_framework module -> the helix_framework modules it imports, at
+    module level or inside functions (a lazy import is still a dependency)."""
+    import ast
+
+    from helix_test_support import ROOT
+
+    files = {}
+    for p in (ROOT / "helix_framework").rglob("*.py"):
+        parts = p.relative_to(ROOT).with_suffix("").parts
+        files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = p
+    graph = {}
+    for name, p in files.items():
+        deps = set()
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("helix_framework"):
+                deps |= {f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in files else node.module
+                         for a in node.names}
+            elif isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names if a.name.startswith("helix_framework")}
+        graph[name] = (deps & set(files)) - {name}
+    return graph
+
+
+def test_the_tensor_loops_import_no_cycle():
+    graph = _import_graph()
+
+    def reach(start):
+        seen, todo = set(), [start]
+        while todo:
+            for dep in graph[todo.pop()] - seen:
+                seen.add(dep)
+                todo.append(dep)
+        return seen
+
+    hf = "helix_framework."
+    for module in ("calibrate", "agree", "engine", "probe", "sweep.worker", "sweep.run", "serve.work"):
+        assert hf + module not in reach(hf + module), f"{module} imports itself through a cycle"
+    assert hf + "calibrate" not in reach(hf + "agree")  # agree measures; calibrate fits (and may agree)
+    assert not {hf + "calibrate", hf + "agree"} & reach(hf + "engine")
+    # the loop over tensors is the engine's: no other module walks source.tensors() itself to fit
+    for module in ("calibrate", "agree", "probe", "sweep.worker"):
+        assert hf + "engine" in graph[hf + module]
+
+
+def test_agree_imports_without_calibrate():
+    import subprocess
+    import sys
+
+    code = "import sys, helix_framework.agree; print('helix_framework.calibrate' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
+
+
+def _tiny_gpt2(path):
+    import json
+
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(5)
+    v, h, layers = 53, 16, 2
+    r = lambda *shape: (0.3 * rng.standard_normal(shape)).astype(np.float32)  # noqa: E731
+    t = {"wte.weight": r(v, h), "wpe.weight": r(32, h), "ln_f.weight": 1 + r(h), "ln_f.bias": r(h)}
+    for i in range(layers):
+        for ln in ("ln_1", "ln_2"):
+            t[f"h.{i}.{ln}.weight"], t[f"h.{i}.{ln}.bias"] = 1 + r(h), r(h)
+        for role, (n_in, n_out) in {"attn.c_attn": (h, 3 * h), "attn.c_proj": (h, h), "mlp.c_fc": (h, 4 * h),
+                                    "mlp.c_proj": (4 * h, h)}.items():
+            t[f"h.{i}.{role}.weight"], t[f"h.{i}.{role}.bias"] = r(n_in, n_out), r(n_out)  # Conv1D: [in, out]
+    path.mkdir()
+    save_file(t, str(path / "model.safetensors"))
+    (path / "config.json").write_text(json.dumps({"model_type": "gpt2", "vocab_size": v, "n_embd": h, "n_layer": layers,
+                                                  "n_head": 2, "n_positions": 32}))
+    return path
+
+
+def test_gpt2_runs_block_by_block_lazily_with_source_oriented_replacements(tmp_path):
+    from helix_framework.engine import forward_steps, head_logits
+
+    path = _tiny_gpt2(tmp_path / "gpt2")
+    replaced = {"h.1.mlp.c_fc.weight": np.zeros((16, 64), np.float32)}  # source orientation, [in, out]
+    eager, lazy = load_model(path, weights=replaced), load_model(path, weights=replaced, lazy=True)
+    assert isinstance(lazy.weights, LazyWeights)
+    assert lazy.block_tensors(1) == eager.block_tensors(1) and len(eager.block_tensors(1)) == 12
+    ids = [np.arange(7) * 5 % 53, np.arange(11) % 53]
+    steps = list(forward_steps(lazy, ids))
+    assert not dict.keys(lazy.weights)  # nothing stays loaded
+    for b, row in enumerate(ids):
+        logits, hidden = eager.forward(row, return_hidden=True)
+        for step, h in enumerate(steps):
+            np.testing.assert_allclose(h[b], hidden[step], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(list(head_logits(lazy, steps[-1]))[b], logits, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(eager.forward(ids[0]), load_model(path).forward(ids[0]))  # the replacement is used
+
+
+@pytest.mark.slow
+def test_bert_exposes_embedding_block_and_head_steps():
+    from helix_framework.models import resolve_model
+
+    model = load_model(resolve_model("minilm"))
+    assert len(model.block_tensors(0)) == 16 and all(".layer.0." in n for n in model.block_tensors(0))
+    ids = np.array([101, 7592, 2088, 2003, 1037, 3231, 102])
+    h = model.embed_sequence(ids, np.zeros_like(ids))
+    for i in range(model.n_layers):
+        h = model.encoder_block(i, h)
+    np.testing.assert_allclose(model.pool(h), model.sentence_embedding(ids), rtol=1e-6, atol=1e-7)

@@ -106,3 +106,11 @@ def test_jit_and_reference_train_the_same_codebook(monkeypatch):
     b = kmeans_subspaces(x, (6, 6), 64, np.random.default_rng(0))
     for ca, cb in zip(a.centroids, b.centroids):
         np.testing.assert_array_equal(ca, cb)
+
+
+def test_codes_are_the_nearest_centroids_of_the_result():
+    x = np.random.default_rng(9).standard_normal((5000, 8)).astype(np.float32)
+    res = kmeans(x, 64, np.random.default_rng(0), max_iter=5)
+    d = ((x.astype(np.float64)[:, None] - res.codebook.astype(np.float64)[None]) ** 2).sum(-1)
+    np.testing.assert_array_equal(res.codes[:, 0], np.argmin(d, axis=1))
+    assert res.inertia[0] == pytest.approx(float(d.min(axis=1).sum()), rel=1e-12)

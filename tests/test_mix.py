@@ -60,7 +60,7 @@ def test_the_first_matching_choice_compresses_a_tensor(tmp_path):
 
 
 def test_a_mix_calibrates_decodes_and_agrees_per_tensor(tmp_path, tiny):
-    from helix_framework.agree import weights_from_artifacts, weights_from_config
+    from helix_framework.calibrate import weights_from_artifacts, weights_from_config
     from helix_framework.sources import open_source
 
     cand = load_candidate(_mix(tmp_path))

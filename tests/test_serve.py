@@ -261,7 +261,8 @@ def test_openai_client_completions_match_reference_and_candidate(server, tmp_pat
     the candidate's agreement job against `agree` run here."""
     from openai import OpenAI
 
-    from helix_framework.agree import agree, weights_from_artifacts
+    from helix_framework.agree import agree
+    from helix_framework.calibrate import weights_from_artifacts
     from helix_framework.host import get_host
     from helix_framework.models import resolve_model
     from helix_framework.reference import load_model, load_tokenizer
@@ -308,3 +309,41 @@ def test_openai_client_completions_match_reference_and_candidate(server, tmp_pat
     assert served["result"]["positions"] == mine["positions"] == 2000
     assert served["result"]["top1"] == mine["top1"] < 1
     assert served["result"]["seconds"]["load"] < served["result"]["seconds"]["total"]
+
+
+def test_a_running_agree_job_stops_at_its_next_block(tmp_path, monkeypatch):
+    """DELETE /v1/jobs/{id} sets the job's cancel flag; an agree job checks it
+    between the blocks of its forward passes, not only between tensors."""
+    import helix_framework.reference as reference
+    from helix_framework.config import candidate_from_mapping
+    from helix_framework.errors import JobCancelled
+    from helix_framework.host import get_host
+    from helix_framework.serve import work
+    from helix_framework.serve.jobs import Job
+    from helix_framework.serve.warm import WarmState
+
+    from test_dataaware import WordTokenizer
+    from test_reference import _tiny_llama
+
+    monkeypatch.setattr(reference, "load_tokenizer", lambda source: WordTokenizer())
+    monkeypatch.setenv("HELIX_CACHE_DIR", str(tmp_path / "cache"))
+
+    class Store:
+        def save(self, job):
+            pass
+
+    class CancelledDuringTheReferencePass(Job):
+        def progress(self, phase, i, n, item=None):
+            super().progress(phase, i, n, item)
+            if (phase, i) == ("reference", 0):  # the DELETE arrives while block 0 runs
+                self.cancel_requested.set()
+
+    host = get_host()
+    cand = candidate_from_mapping({**RTN, "params": {"bits": 4, "group_size": 16, "symmetric": True},
+                                   "rows": {"calibration": 8, "measurement": 8},
+                                   "routes": [{"match": "_proj", "route": "codec"}]}, host)
+    job = CancelledDuringTheReferencePass({"id": "j1"}, Store())
+    req = {"model": str(_tiny_llama(tmp_path / "tiny")), "candidate": cand, "positions": 40}
+    with pytest.raises(JobCancelled, match="cancelled at reference 1 of 2"):
+        work.run_agree(job, req, host, WarmState(1 << 30))
+    assert job.record["progress"] == {"phase": "reference", "i": 0, "n": 2, "item": "rtn4"}

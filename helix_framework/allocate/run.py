@@ -144,7 +144,7 @@ def allocate(
     host: Any = None, on_event: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> AllocateSummary:
     """Run `helix allocate` (see the module docstring); returns the summary."""
-    from helix_framework.agree import weights_from_config
+    from helix_framework.calibrate import weights_from_config
     from helix_framework.host import get_host
     from helix_framework.measure.agreement import MIN_POSITIONS
     from helix_framework.models import resolve_model

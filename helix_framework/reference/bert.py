@@ -181,6 +181,30 @@ class BertModel(EncoderModel):
     def _ln(self, name: str, x: np.ndarray) -> np.ndarray:
         return layer_norm(x, self.weights[name + ".weight"], self.weights[name + ".bias"], self.config.layer_norm_eps)
 
+    # -- the steps (block at a time) ------------------------------------------
+    def block_tensors(self, layer: int) -> list[str]:
+        """Names of the tensors of encoder layer ``layer``."""
+        p = f"{self.prefix}encoder.layer.{layer}."
+        return [n for n in self.weights if n.startswith(p)]
+
+    def embed_sequence(self, ids: np.ndarray, types: np.ndarray) -> np.ndarray:
+        """Word + position + token-type embeddings, layer-normed: ``[T, hidden]``."""
+        w, e = self.weights, self.prefix + "embeddings."
+        h = w[e + "word_embeddings.weight"][ids] + w[e + "position_embeddings.weight"][: ids.size]
+        return self._ln(e + "LayerNorm", h + w[e + "token_type_embeddings.weight"][types])
+
+    def encoder_block(self, i: int, h: np.ndarray) -> np.ndarray:
+        """Encoder layer ``i`` on one sequence ``h [T, hidden]`` (post-LN, every token sees every token)."""
+        c, t = self.config, h.shape[0]
+        heads = [
+            self._proj(i, f"attention.self.{r}", h).reshape(t, c.n_heads, c.head_dim).transpose(1, 0, 2)
+            for r in ("query", "key", "value")
+        ]
+        a = attention(*heads, None, 1.0 / math.sqrt(c.head_dim))
+        h = self._ln(self._name(i, "attention.output.LayerNorm"), h + self._proj(i, "attention.output.dense", a))
+        f = self._act(self._proj(i, "intermediate.dense", h))
+        return self._ln(self._name(i, "output.LayerNorm"), h + self._proj(i, "output.dense", f))
+
     def forward(
         self,
         token_ids: Iterable[int] | np.ndarray,
@@ -191,7 +215,7 @@ class BertModel(EncoderModel):
         """Last hidden states ``[T, hidden]`` of one unpadded sequence
         (every token attends to every token); with ``return_hidden`` also
         the embedding output and each layer's output (``n_layers + 1``)."""
-        c, w = self.config, self.weights
+        c = self.config
         ids = as_token_array(token_ids, c.vocab_size)
         t = ids.size
         if t == 0:
@@ -201,21 +225,11 @@ class BertModel(EncoderModel):
         types = np.zeros(t, np.int64) if token_type_ids is None else as_token_array(token_type_ids, c.type_vocab_size)
         if types.size != t:
             raise ReferenceModelError(f"token_type_ids has {types.size} entries for {t} tokens")
-        e = self.prefix + "embeddings."
         with blas_threads(self.blas_threads):
-            h = w[e + "word_embeddings.weight"][ids] + w[e + "position_embeddings.weight"][:t]
-            h = self._ln(e + "LayerNorm", h + w[e + "token_type_embeddings.weight"][types])
+            h = self.embed_sequence(ids, types)
             hidden = [h] if return_hidden else None
-            scale = 1.0 / math.sqrt(c.head_dim)
             for i in range(c.n_layers):
-                heads = [
-                    self._proj(i, f"attention.self.{r}", h).reshape(t, c.n_heads, c.head_dim).transpose(1, 0, 2)
-                    for r in ("query", "key", "value")
-                ]
-                a = attention(*heads, None, scale)
-                h = self._ln(self._name(i, "attention.output.LayerNorm"), h + self._proj(i, "attention.output.dense", a))
-                f = self._act(self._proj(i, "intermediate.dense", h))
-                h = self._ln(self._name(i, "output.LayerNorm"), h + self._proj(i, "output.dense", f))
+                h = self.encoder_block(i, h)
                 if hidden is not None:
                     hidden.append(h)
         return (h, hidden) if hidden is not None else h
@@ -224,7 +238,10 @@ class BertModel(EncoderModel):
         """Pooled (mean over tokens by default) and, if configured, L2
         normalized ``[hidden]`` float32 vector, as sentence-transformers
         computes it for an unpadded sequence."""
-        h = self.forward(token_ids)
+        return self.pool(self.forward(token_ids))
+
+    def pool(self, h: np.ndarray) -> np.ndarray:
+        """The head step: last hidden states ``[T, hidden]`` -> the sentence vector."""
         if self.config.pooling == "cls":
             v = h[0]
         elif self.config.pooling == "max":

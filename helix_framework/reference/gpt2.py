@@ -19,6 +19,7 @@ import numpy as np
 from helix_framework.reference.base import (
     DecoderModel,
     KVCache,
+    LazyWeights,
     LinearSpec,
     ReferenceModelError,
     WeightProvider,
@@ -115,9 +116,11 @@ class GPT2Model(DecoderModel):
         provider: WeightProvider,
         available: set[str],
         overrides: Mapping[str, np.ndarray] | None = None,
+        lazy: bool = False,
     ) -> GPT2Model:
         """Build from config.json and safetensors tensors (with or without
-        the ``transformer.`` prefix)."""
+        the ``transformer.`` prefix); ``lazy``: read each tensor on first
+        use (see `LazyWeights`), transposed as it is read."""
         config = cls.config_from_hf(cfg, available)
         prefix = "transformer." if "transformer.wte.weight" in available else ""
         if prefix + "wte.weight" not in available:
@@ -144,12 +147,23 @@ class GPT2Model(DecoderModel):
         missing = sorted(n for n in shapes if n not in available and not (overrides and n in overrides))
         if missing:
             raise ReferenceModelError(f"{len(missing)} tensor(s) GPT-2 needs are missing, e.g. {missing[:3]}")
+        conv1d = {f"{prefix}h.{i}.{role}.weight" for i in range(c.n_layers) for role in stored}
+        if lazy:
+            def read(name: str) -> np.ndarray:
+                arr = overrides[name] if overrides is not None and name in overrides else provider(name)
+                return np.asarray(arr, np.float32).T if name in conv1d else arr
+
+            return cls(config, prefix, LazyWeights({n: s[::-1] if n in conv1d else s for n, s in shapes.items()}, read))
         weights = gather_weights(shapes, provider, overrides, shapes)
-        for i in range(c.n_layers):
-            for role in stored:
-                name = f"{prefix}h.{i}.{role}.weight"
-                weights[name] = np.ascontiguousarray(weights[name].T)  # Conv1D [in, out] -> [out, in]
+        for name in conv1d:
+            weights[name] = np.ascontiguousarray(weights[name].T)  # Conv1D [in, out] -> [out, in]
         return cls(config, prefix, weights)
+
+    def block_tensors(self, layer: int) -> list[str]:
+        """Names of the tensors of block ``layer`` (norms, matrices, biases)."""
+        p = f"{self.prefix}h.{layer}."
+        names = self.weights.shapes if isinstance(self.weights, LazyWeights) else self.weights
+        return [n for n in names if n.startswith(p)]
 
     # -- DecoderModel ---------------------------------------------------------
     @property

@@ -33,6 +33,16 @@ def _model_type(source: ModelSource) -> str:
     return arch
 
 
+LLAMA_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "smollm", "smollm2")
+
+
+def supports_lazy(source: ModelSource) -> bool:
+    """Whether `load_model` can load ``source`` lazily (``lazy=True``): the
+    decoders (Llama family, GPT-2), not BERT."""
+    return isinstance(source, GGUFSource) or (
+        source.kind == "hf_directory" and _model_type(source) in (*LLAMA_MODEL_TYPES, "gpt2"))
+
+
 def load_model(
     source_or_path: ModelSource | str | os.PathLike[str],
     weights: Mapping[str, np.ndarray] | None = None,
@@ -52,7 +62,7 @@ def load_model(
     `ReferenceModel.set_linear`.
 
     ``lazy``: read each tensor on first use and let the caller release it
-    (block-at-a-time calibration; Llama family only).
+    (block-at-a-time calibration and agreement; decoders only).
 
     Returns a `DecoderModel` (Llama family, GPT-2) or an `EncoderModel`
     (BERT); raises `ReferenceModelError` for anything else.
@@ -79,17 +89,17 @@ def load_model(
             f"a {source.kind} source has no config; open the model's directory instead (supported: {SUPPORTED})"
         )
     mt = _model_type(source)
-    if mt in ("llama", "mistral", "qwen2", "qwen3", "smollm", "smollm2"):
+    if mt in LLAMA_MODEL_TYPES:
         from helix_framework.reference import llama
 
         config, names = llama.config_from_hf(source.config, available)
         return llama.LlamaModel.build(config, names, provider, available, weights, lazy=lazy)
-    if lazy:
-        raise ReferenceModelError(f"model_type {mt!r} has no block-at-a-time (lazy) loading; the Llama family has")
     if mt == "gpt2":
         from helix_framework.reference import gpt2
 
-        return gpt2.GPT2Model.from_hf(source.config, provider, available, weights)
+        return gpt2.GPT2Model.from_hf(source.config, provider, available, weights, lazy=lazy)
+    if lazy:
+        raise ReferenceModelError(f"model_type {mt!r} has no block-at-a-time (lazy) loading; the decoders have")
     if mt == "bert":
         from helix_framework.reference import bert
 

@@ -28,7 +28,7 @@ def candidate_weights(warm: WarmState, model_name: str, req: dict[str, Any], hos
                       job: Job | None = None) -> tuple[dict[str, Any], str, float]:
     """The reconstructed matrices of a request's ``candidate`` or ``artifacts``,
     its name, and the seconds spent loading the model."""
-    from helix_framework.agree import weights_from_artifacts, weights_from_config
+    from helix_framework.calibrate import weights_from_artifacts, weights_from_config
 
     model, load = warm.model(model_name)
     if req.get("artifacts"):
@@ -47,8 +47,10 @@ def run_agree(job: Job, req: dict[str, Any], host: Any, warm: WarmState) -> dict
     job.progress("agreement", 0, 1, name)
     # The warm float32 tensors stand in for every matrix the candidate keeps,
     # so agree builds its model without dequantizing the source again.
+    # A cancelled job stops at the next block of the reference or candidate pass.
     report = agree(req["model"], weights={**model.weights, **weights}, candidate_name=name,
-                   prompts_dir=req.get("text"), positions=req["positions"], source=model.source)
+                   prompts_dir=req.get("text"), positions=req["positions"], source=model.source,
+                   on_step=lambda phase, i, n: job.progress(phase, i, n, name))
     data = report.to_json()
     total = time.perf_counter() - t0
     return {**data, "seconds": {**data["seconds"], "total": total, "load": load + data["seconds"].get("load", 0.0)}}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import mmap
 import os
 import struct
 from pathlib import Path
@@ -172,7 +173,21 @@ class SafetensorsFile:
                 "route it to passthrough or convert it",
                 name,
             )
+        self._unmap_pages(name)
         return out.reshape(info.shape)
+
+    def _unmap_pages(self, name: str) -> None:
+        """Drop the tensor's pages from this process's resident set (they stay
+        in the page cache): a model read tensor by tensor, block at a time,
+        would otherwise keep every page it ever mapped counted as resident."""
+        madvise = getattr(getattr(self._map(), "_mmap", None), "madvise", None)
+        if madvise is None or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        begin, end = self._offsets[name]
+        start = (self._data_start + begin) // mmap.PAGESIZE * mmap.PAGESIZE
+        length = self._data_start + end - start
+        if length > 0:
+            madvise(mmap.MADV_DONTNEED, start, length)
 
     def close(self) -> None:
         """Drop the memory map (numpy closes it when the last view goes)."""

@@ -213,19 +213,19 @@ def _warm_reference(model: Path, settings: AgreementSettings) -> None:
     only ever read the cache instead of computing it concurrently."""
     from helix_framework import agree as agree_mod
     from helix_framework.prompts import load_prompts
-    from helix_framework.reference import DecoderModel, load_model, load_tokenizer
+    from helix_framework.reference import load_model, load_tokenizer
+    from helix_framework.reference.loader import supports_lazy
     from helix_framework.sources import open_source
 
     with open_source(model) as source:
-        reference = load_model(source)
-        if not isinstance(reference, DecoderModel):
+        if agree_mod.is_encoder(source):
             return
         prompts = load_prompts(None)
         windows = agree_mod.token_windows(load_tokenizer(source), prompts, settings.positions, settings.window)
         key = agree_mod._cache_key(source, prompts, settings.positions, settings.window)
         t0 = time.perf_counter()
         try:
-            agree_mod.reference_outputs(lambda: reference, source, windows, key)
+            agree_mod.reference_outputs(lambda: load_model(source, lazy=supports_lazy(source)), source, windows, key)
         except Exception as exc:  # the workers then compute it themselves; say why
             log.warning("reference logits not cached in advance (%s); each worker computes them", exc)
             return

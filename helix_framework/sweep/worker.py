@@ -40,6 +40,7 @@ def run_candidate(task: dict[str, Any]) -> dict[str, Any]:
     from threadpoolctl import threadpool_limits
 
     from helix_framework.calibrate import calibrate_matrix, mark_partial, partial_result, resolve, route_and_read
+    from helix_framework.engine import each_tensor
     from helix_framework.host import get_host
     from helix_framework.sources import open_source
 
@@ -55,19 +56,23 @@ def run_candidate(task: dict[str, Any]) -> dict[str, Any]:
         selector = tensor_selector(task.get("tensors"))
         weights: dict[str, Any] = {}
         left_out = 0
+
+        def handle(info: Any, stats: Any) -> Any:
+            nonlocal left_out
+            routed = route_and_read(source, info, cand, selector)
+            if routed.route != "codec":
+                left_out += routed.reason == NOT_SELECTED
+                return None
+            result = calibrate_matrix(routed.rows, info.name, comp, stats=stats)
+            tensor_rows.append(_tensor_row(info, routed.rows, result))
+            recon = result.reconstruction.reshape(info.shape)
+            if want_agree:
+                weights[info.name] = recon
+            return recon  # what a data-aware candidate's windows pass through
+
         with open_source(task["model"]) as source, helix_jit.record_kernels() as rec, \
                 threadpool_limits(1, "blas"):
-            for info in source.tensors():
-                routed = route_and_read(source, info, cand, selector)
-                if routed.route != "codec":
-                    left_out += routed.reason == NOT_SELECTED
-                    continue
-                x = routed.rows
-                result = calibrate_matrix(x, info.name, comp)
-                tensor_rows.append(_tensor_row(info, x, result))
-                if want_agree:
-                    weights[info.name] = result.reconstruction.reshape(info.shape)
-                del x, result, routed
+            each_tensor(source, source.tensors(), cand.calibration, handle)
             kernels = [{"signature": u.signature, "name": u.name, "lane_width": u.lane_width, "source": u.source}
                        for u in rec.kernels]
             calibrate_s = time.perf_counter() - started

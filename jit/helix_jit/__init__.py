@@ -6,7 +6,8 @@ attribute access, and llvmlite only when a kernel is first compiled.
 Kernels (numpy arrays in, numpy out):
 
 - :func:`pq_assign` (encode / k-means assign), :func:`pq_decode`,
-  :func:`adc_matvec` (+ :func:`adc_error_bound`), :func:`fwht`;
+  :func:`adc_matvec` (+ :func:`adc_error_bound`), :func:`fwht`,
+  :func:`kmeanspp_draws` (k-means++ seeding);
 - their numpy references ``*_reference``;
 - :func:`split_widths`, :func:`supported_lane_widths`.
 
@@ -41,6 +42,7 @@ __all__ = [
     "fwht_reference",
     "get_kernel",
     "jit_disabled",
+    "kmeanspp_draws",
     "pq_assign",
     "pq_assign_reference",
     "pq_decode",
@@ -62,6 +64,7 @@ _LAZY = {
     "adc_error_bound": ("helix_jit.kernels.adc_matvec", "adc_error_bound"),
     "fwht": ("helix_jit.kernels.fwht", "fwht"),
     "fwht_reference": ("helix_jit.kernels.fwht", "fwht_reference"),
+    "kmeanspp_draws": ("helix_jit.kernels.kmeanspp", "kmeanspp_draws"),
     "declare_kernel": ("helix_jit.kernel", "declare_kernel"),
     "Kernel": ("helix_jit.kernel", "Kernel"),
     "jit_disabled": ("helix_jit.kernel", "jit_disabled"),

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 _pool: ThreadPoolExecutor | None = None
+_CPUS = os.cpu_count() or 1  # read once: each call of os.cpu_count() costs tens of microseconds
 
 
 def threads() -> int:
@@ -16,17 +18,24 @@ def threads() -> int:
     positive integer (an empty value counts as unset)."""
     env = os.environ.get("HELIX_JIT_THREADS", "").strip()
     if not env:
-        return max(1, min(2, os.cpu_count() or 1))
+        return max(1, min(2, _CPUS))
     if not env.isdecimal() or int(env) < 1:
         raise ValueError(f"HELIX_JIT_THREADS must be a positive integer (threads per kernel call); got {env!r}")
     return int(env)
 
 
-def run_rows(n: int, work_per_row: float, call: Callable[[int, int, int], None], min_work: float = 2e5) -> None:
+#: Chunks per thread: a thread that gets descheduled (a loaded machine)
+#: holds back at most one small chunk instead of half the rows.
+_CHUNKS_PER_THREAD = 4
+
+
+def run_rows(n: int, work_per_row: float, call: Callable[[int, int, int], None], min_work: float = 4e6) -> None:
     """Run ``call(start, stop, worker)`` over row chunks, in parallel when it pays.
 
-    work_per_row: a rough cost (e.g. flops) so tiny calls skip the thread
-    hand-off (tens of microseconds).
+    work_per_row: a rough cost (e.g. flops) so calls under ``min_work`` (a
+    few tens of microseconds of work) run directly, skipping the thread
+    hand-off. Larger calls split into ``_CHUNKS_PER_THREAD`` chunks per
+    thread that the caller's thread and the workers take in turn.
     """
     t = threads()
     if t == 1 or n < 2 or n * work_per_row < min_work:
@@ -35,8 +44,17 @@ def run_rows(n: int, work_per_row: float, call: Callable[[int, int, int], None],
     global _pool
     if _pool is None:
         _pool = ThreadPoolExecutor(max_workers=t, thread_name_prefix="helix-jit")
-    bounds = [n * i // t for i in range(t + 1)]
-    futs = [_pool.submit(call, bounds[i], bounds[i + 1], i) for i in range(1, t)]
-    call(bounds[0], bounds[1], 0)  # the caller's thread does the first chunk
+    chunks = min(n, _CHUNKS_PER_THREAD * t)
+    bounds = [n * i // chunks for i in range(chunks + 1)]
+    taken = itertools.count()  # next() on a count is atomic under the GIL
+
+    def drain(worker: int) -> None:
+        for i in taken:
+            if i >= chunks:
+                return
+            call(bounds[i], bounds[i + 1], worker)
+
+    futs = [_pool.submit(drain, w) for w in range(1, t)]
+    drain(0)  # the caller's thread takes chunks too
     for f in futs:
         f.result()

@@ -121,3 +121,46 @@ def test_rejects_bad_input():
         pq_assign(rows.astype(np.float64), [np.zeros((3, 4), np.float32)])
     with pytest.raises(ValueError):
         helix_jit.get_kernel("fwht").get("U8x64", d=4, signed=0)
+
+
+def _float64_codes(rows, codebooks):
+    out, col = [], 0
+    for cb in codebooks:
+        w = cb.shape[1]
+        x = rows[:, col : col + w].astype(np.float64)
+        col += w
+        out.append(np.argmin(((x[:, None, :] - cb.astype(np.float64)[None]) ** 2).sum(axis=2), axis=1))
+    return np.stack(out, axis=1)
+
+
+@pytest.mark.parametrize("M", [1, 3])
+def test_exact_codes_are_the_float64_search_on_near_ties(M):
+    # rows halfway between two centroids (and on duplicated centroids): float32 rounding
+    # decides these near ties arbitrarily; exact=True must give the float64 codes on both paths
+    rng = np.random.default_rng(11)
+    widths = split_widths(8 * M + 1, M)
+    cbs = [rng.standard_normal((256, w)).astype(np.float32) for w in widths]
+    for cb in cbs:
+        cb[7] = cb[3]  # an exact tie: the lowest index wins
+    i, j = rng.integers(0, 256, 3000), rng.integers(0, 256, 3000)
+    rows = np.concatenate([((cb[i] + cb[j]) / 2).astype(np.float32) for cb in cbs], axis=1)
+    rows[:20, : widths[0]] = cbs[0][7]
+    want = _float64_codes(rows, cbs)
+    plain = pq_assign(rows, cbs, "F32x16")
+    assert (plain != want).any()  # the case is hard: plain float32 gets some wrong
+    got = pq_assign(rows, cbs, "F32x16", exact=True)
+    ref = pq_assign_reference(rows, cbs, "F32x16", exact=True)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(ref, want)
+    assert (got[:20, 0] == 3).all()
+
+
+def test_exact_is_float32_only_and_codes_only():
+    rows = np.zeros((4, 8), np.float32)
+    cb = [np.ones((2, 8), np.float32)]
+    with pytest.raises(ValueError, match="F32x16"):
+        pq_assign(rows, cb, "F64x8", exact=True)
+    with pytest.raises(ValueError, match="codes only"):
+        pq_assign(rows, cb, "F32x16", return_distances=True, exact=True)
+    # every centroid equal and every row zero: 0 / 0 gaps count as near ties
+    np.testing.assert_array_equal(pq_assign(rows, [np.zeros((3, 8), np.float32)], "F32x16", exact=True), 0)

@@ -5,4 +5,5 @@ BUILTIN = {
     "pq_decode": "helix_jit.kernels.pq_decode",
     "adc_matvec": "helix_jit.kernels.adc_matvec",
     "fwht": "helix_jit.kernels.fwht",
+    "kmeanspp_draws": "helix_jit.kernels.kmeanspp",
 }

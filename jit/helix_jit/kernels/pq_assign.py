@@ -17,6 +17,20 @@ Numerics per lane width (the reference reproduces them):
 - U8x64: per subspace, an affine uint8 grid from the codebook's min/max;
   centroids and (clamped) rows quantized to it; int32 distances, exact.
   Returned distances are the integer distance times scale^2.
+
+The float32 tie rule (``exact=True``, F32x16): float32 distances from the
+kernel and from its numpy reference (a BLAS product) round differently, so
+on a near tie they may pick different centroids. With ``exact=True`` the
+search also reports, per row and subspace, the gap between the best and the
+second-best float32 distance, over ||x||^2 + 2 max ||c||^2. Either computation of ||c||^2 - 2 x.c in
+float32 is within E = (w + 1) u (||x||^2 + 2 max ||c||^2) of the exact value
+(u = 2^-24, any summation order, with or without FMA), so when the gap
+exceeds 2E the float32 winner is the exact winner; every (row, subspace)
+whose gap is under a threshold of 4 (w + 4) u (||x||^2 + 2 max ||c||^2)
+(twice that bound, with room) is re-decided by one float64 numpy search,
+sum_j (x_j - c_j)^2 with ties to the lowest index. The codes are therefore
+those of that float64 search, whichever path ran: the jit and
+``HELIX_JIT_DISABLE=1`` give the same codes, at float32 speed.
 """
 
 from __future__ import annotations
@@ -39,7 +53,11 @@ from helix_jit.kernels._pq import (
 )
 from helix_jit.lanes import LaneWidth
 
-VERSION = "1"
+VERSION = "4"
+
+#: The ``dist`` constant: what the kernel writes to its float32 [n, M] output.
+#: GAP: (second best - best distance) / (||x||^2 + 2 max ||c||^2), for the tie rule.
+NONE, DIST, GAP = 0, 1, 2
 LANE_WIDTHS = (LaneWidth.F32x16, LaneWidth.F64x8, LaneWidth.BF16x32, LaneWidth.U8x64)
 
 # Rows per register block, per lane width (tuned for 16 ymm registers; still fine on AVX-512).
@@ -63,12 +81,15 @@ def padded_k(K: int, lw: LaneWidth) -> int:
 
 
 def emit(lw: LaneWidth, c: Mapping) -> str:
-    d, K, want_dist = int(c["d"]), int(c["K"]), bool(c["dist"])
+    d, K = int(c["d"]), int(c["K"])
+    want_dist, want_gap = int(c["dist"]) == DIST, int(c["dist"]) == GAP
     runs = [tuple(r) for r in c["runs"]]
     L = lw.lanes
     Kp = padded_k(K, lw)
     st, ct, _ = _storage(lw)
     isint = ct == "i32"
+    if want_gap and isint:
+        raise ValueError("pq_assign: the gap output needs a float lane width")
     VS, VC = f"<{L} x {st}>", f"<{L} x {ct}>"
     codet = "i8" if K <= 256 else "i16"
     f = Fn("pq_assign", [("ptr", "x"), ("i64", "n"), ("ptr", "cbt"), ("ptr", "cn"), ("ptr", "codes"), ("ptr", "dist"), ("ptr", "qp")])
@@ -133,6 +154,7 @@ def emit(lw: LaneWidth, c: Mapping) -> str:
                     xs = [f.gep("i32", qbuf, str(r * w)) for r in range(R)]
                 bv = [f.var(VC, f.splat(ct, L, inf)) for _ in range(R)]
                 bi = [f.var(f"<{L} x i32>", "zeroinitializer") for _ in range(R)]
+                sv = [f.var(VC, f.splat(ct, L, inf)) for _ in range(R)] if want_gap else []
                 with f.loop("0", str(Kp), L) as kb:
                     acc = [f.var(VC, "zeroinitializer") for _ in range(R)]
                     # block-major layout [K'/L][w][L]: one centroid block is contiguous
@@ -176,6 +198,11 @@ def emit(lw: LaneWidth, c: Mapping) -> str:
                             m2 = f.splat(ct, L, fconst(-2.0, ct))
                             dd = f.v(f"call {VC} @llvm.fmuladd.v{L}{suffix}({VC} {a}, {VC} {m2}, {VC} {cnv})")
                             lt = f.v(f"fcmp olt {VC} {dd}, {f.load(VC, bv[r], 64)}")
+                        if want_gap:
+                            # per lane second best: the old best if dd wins, else min(second, dd)
+                            s0 = f.load(VC, sv[r], 64)
+                            smin = f.v(f"select <{L} x i1> {f.v(f'fcmp olt {VC} {dd}, {s0}')}, {VC} {dd}, {VC} {s0}")
+                            f.store(VC, f.v(f"select <{L} x i1> {lt}, {VC} {f.load(VC, bv[r], 64)}, {VC} {smin}"), sv[r], 64)
                         f.store(VC, f.v(f"select <{L} x i1> {lt}, {VC} {dd}, {VC} {f.load(VC, bv[r], 64)}"), bv[r], 64)
                         bsel = f.v(f"select <{L} x i1> {lt}, <{L} x i32> {idx}, <{L} x i32> {f.load(f'<{L} x i32>', bi[r], 64)}")
                         f.store(f"<{L} x i32>", bsel, bi[r], 64)
@@ -192,6 +219,28 @@ def emit(lw: LaneWidth, c: Mapping) -> str:
                     row = f.v(f"add nsw i64 {rb}, {r}")
                     o = f.v(f"add nsw i64 {f.v(f'mul nsw i64 {row}, {M}')}, {m}")
                     f.store(codet, f.v(f"trunc i32 {code} to {codet}"), f.gep(codet, "%codes", o), 1)
+                    if want_gap:
+                        # second best over all centroids: every lane's second, and the
+                        # other lanes' best (the winner's lane holds index `code`)
+                        own = f.v(f"icmp eq <{L} x i32> {f.load(f'<{L} x i32>', bi[r], 64)}, {f.splat('i32', L, code)}")
+                        others = f.v(f"select <{L} x i1> {own}, {VC} {f.splat(ct, L, inf)}, {VC} {bvv}")
+                        s1 = f.v(f"call {ct} @llvm.vector.reduce.fmin.v{L}{suffix}({VC} {f.load(VC, sv[r], 64)})")
+                        s2 = f.v(f"call {ct} @llvm.vector.reduce.fmin.v{L}{suffix}({VC} {others})")
+                        s12 = f.v(f"select i1 {f.v(f'fcmp olt {ct} {s1}, {s2}')}, {ct} {s1}, {ct} {s2}")
+                        gap = f.v(f"fsub {ct} {s12}, {mn}")
+                        # relative to ||x||^2 + 2 max ||c||^2 (qp[m, 0]): the scale of the rounding bound
+                        ns = f.var(ct, zero)
+                        with f.loop("0", str(w), 1) as j:
+                            xv = load_x(xs[r], j)
+                            f.store(ct, f.v(f"fadd {ct} {f.load(ct, ns, 8)}, {f.v(f'fmul {ct} {xv}, {xv}')}"), ns, 8)
+                        c2 = f.load("float", f.gep("float", "%qp", f.v(f"mul nsw i64 {m}, 3")), 4)
+                        if ct == "double":
+                            c2 = f.v(f"fpext float {c2} to double")
+                        den = f.v(f"fadd {ct} {f.load(ct, ns, 8)}, {f.v(f'fmul {ct} {c2}, {fconst(2.0, ct)}')}")
+                        rel = f.v(f"fdiv {ct} {gap}, {den}")
+                        if ct == "double":
+                            rel = f.v(f"fptrunc double {rel} to float")
+                        f.store("float", rel, f.gep("float", "%dist", o), 4)
                     if want_dist:
                         # ||x||^2 + min(||c||^2 - 2 x.c), clamped at 0, as float32
                         ns = f.var(ct, zero)
@@ -266,6 +315,8 @@ def prepare(codebooks: Sequence[np.ndarray], lw: LaneWidth) -> tuple[np.ndarray,
             nrm = (q * q).sum(1)
             qp[m] = (lo, inv, np.float32(scale * scale))
         norms[m, :K] = nrm
+        if ct != "i32":
+            qp[m, 0] = np.float32(nrm.max())  # max ||c||^2, for the gap output's scale
         norms[m, K:] = _INT_PAD if ct == "i32" else np.inf
         # block-major [K'/L][w][L] (see the module docstring)
         L = lw.lanes
@@ -301,7 +352,16 @@ def _reference(lw: LaneWidth, c: Mapping, x, n, cbt, cn, codes, dist, qp) -> Non
                 xn = (xm * xm).sum(1, dtype=np.float32)
             k = np.argmin(dd, axis=1)
             codes[:, m] = k
-            if c["dist"]:
+            if c["dist"] == GAP:
+                if K == 1:
+                    gap = np.full(n, np.inf, dd.dtype)
+                else:
+                    two = np.partition(dd, 1, axis=1)
+                    gap = two[:, 1] - two[:, 0]  # in the distances' own precision, as the kernel
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    rel = gap / (xn + dd.dtype.type(2) * dd.dtype.type(qp[m][0]))
+                dist.reshape(n, -1)[:, m] = rel.astype(np.float32)
+            elif c["dist"]:
                 best = dd[np.arange(n), k]
                 if lw is LaneWidth.U8x64:
                     dist.reshape(n, -1)[:, m] = (xn + best).astype(np.float32) * np.float32(qp[m][2])
@@ -323,11 +383,40 @@ KERNEL = declare_kernel(
 )
 
 
+#: Elements of the [rows, K, w] float64 block a near-tie re-check builds at once.
+_SETTLE_BLOCK = 1 << 22
+
+
+def _settle_near_ties(rows: np.ndarray, codebooks: Sequence[np.ndarray], codes: np.ndarray, rel_gap: np.ndarray) -> None:
+    """Re-decide in float64 every (row, subspace) whose relative float32 gap
+    is within the tie threshold (see the module docstring); updates ``codes``."""
+    col = 0
+    for m, cb in enumerate(codebooks):
+        c64 = np.asarray(cb, dtype=np.float64)
+        w = c64.shape[1]
+        xm = rows[:, col : col + w]
+        col += w
+        near = np.flatnonzero(~(rel_gap[:, m] > (w + 4) * 2.0**-22))  # NaN (0 / 0) counts as near
+        step = max(1, _SETTLE_BLOCK // (c64.size or 1))
+        for i in range(0, near.size, step):
+            idx = near[i : i + step]
+            d = np.square(xm[idx].astype(np.float64)[:, None, :] - c64[None]).sum(axis=2)
+            codes[idx, m] = np.argmin(d, axis=1)  # first minimum: ties to the lowest index
+
+
+def _check_exact(lw: LaneWidth, return_distances: bool) -> None:
+    if lw is not LaneWidth.F32x16:
+        raise ValueError(f"pq_assign: exact=True needs lane width F32x16, got {lw.value}")
+    if return_distances:
+        raise ValueError("pq_assign: exact=True returns codes only (return_distances=False)")
+
+
 def pq_assign(
     rows: np.ndarray,
     codebooks: Sequence[np.ndarray],
     lane_width: LaneWidth | str = LaneWidth.F32x16,
     return_distances: bool = False,
+    exact: bool = False,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Nearest centroid of every row in every subspace (the PQ encode / k-means assign).
 
@@ -336,12 +425,17 @@ def pq_assign(
     1 <= K <= 65536. Returns codes [n, M] (uint8 if K <= 256 else uint16),
     nearest by squared L2, ties to the lowest index; with
     ``return_distances=True`` also float32 [n, M] minimum squared distances.
+    ``exact=True`` (F32x16, codes only): the codes of a float64 search, from a
+    float32 search whose near ties are re-decided in float64 (the tie rule of
+    the module docstring), identical with and without the jit.
 
     >>> codes = pq_assign(rows, [cb0, cb1], "F32x16")   # doctest: +SKIP
     """
     from helix_jit._rows import run_rows
 
     lw = LaneWidth.parse(lane_width)
+    if exact:
+        _check_exact(lw, return_distances)
     rows = np.asarray(rows)
     if rows.dtype != np.float32 or rows.ndim != 2:
         raise TypeError("pq_assign: rows must be a float32 [n, d] array")
@@ -349,32 +443,44 @@ def pq_assign(
     n, d = rows.shape
     K, widths = check_codebooks(codebooks, d)
     M = len(widths)
-    fn = KERNEL.get(lw, d=d, K=K, runs=[list(r) for r in runs_of(widths)], dist=int(return_distances))
+    mode = GAP if exact else (DIST if return_distances else NONE)
+    fn = KERNEL.get(lw, d=d, K=K, runs=[list(r) for r in runs_of(widths)], dist=mode)
     cbt, cn, qp = prepare(codebooks, lw)
     codes = np.empty((n, M), code_dtype(K))
-    dist = np.empty((n, M), np.float32) if return_distances else np.empty((0, M), np.float32)
+    dist = np.empty((n, M) if mode else (0, M), np.float32)
     if n:
 
         def call(a: int, b: int, worker: int) -> None:
-            fn(rows[a:b], b - a, cbt, cn, codes[a:b], dist[a:b] if return_distances else 0, qp)
+            fn(rows[a:b], b - a, cbt, cn, codes[a:b], dist[a:b] if mode else 0, qp)
 
         run_rows(n, 2.0 * d * padded_k(K, lw), call)
+    if exact:
+        _settle_near_ties(rows, codebooks, codes, dist)
     return (codes, dist) if return_distances else codes
 
 
 def pq_assign_reference(
-    rows: np.ndarray, codebooks: Sequence[np.ndarray], lane_width: LaneWidth | str = LaneWidth.F32x16, return_distances: bool = False
+    rows: np.ndarray,
+    codebooks: Sequence[np.ndarray],
+    lane_width: LaneWidth | str = LaneWidth.F32x16,
+    return_distances: bool = False,
+    exact: bool = False,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """The numpy reference of :func:`pq_assign` (same numerics per lane width)."""
     lw = LaneWidth.parse(lane_width)
+    if exact:
+        _check_exact(lw, return_distances)
     rows = np.ascontiguousarray(rows, dtype=np.float32)
     n, d = rows.shape
     K, widths = check_codebooks(codebooks, d)
     cbt, cn, qp = prepare(codebooks, lw)
     codes = np.empty((n, len(widths)), code_dtype(K))
     dist = np.empty((n, len(widths)), np.float32)
-    c = {"d": d, "K": K, "runs": [list(r) for r in runs_of(widths)], "dist": int(return_distances)}
+    mode = GAP if exact else (DIST if return_distances else NONE)
+    c = {"d": d, "K": K, "runs": [list(r) for r in runs_of(widths)], "dist": mode}
     _reference(lw, c, rows, n, cbt, cn, codes, dist, qp)
+    if exact:
+        _settle_near_ties(rows, codebooks, codes, dist)
     return (codes, dist) if return_distances else codes
 
 

@@ -250,7 +250,11 @@ class CampqCodec(Codec):
             codebooks.append(stage_cbs)
             out.append((stage_cbs, res, n * M if shared else n))
             if s + 1 < len(ks):
-                codes.append(self._assign(target, stage_cbs, widths, shared, self._train_lane(lw)))
+                if lw in (LaneWidth.F32x16, LaneWidth.F64x8):
+                    # the last Lloyd assignment already holds these centroids' codes
+                    codes.append(res.codes.reshape(n, M))
+                else:
+                    codes.append(self._train_assign(target, stage_cbs, widths, shared, lw))
         return out
 
     def _fit_searched(self, xn, ks, widths, shared, lw, params, rng, weights, beam) -> list:
@@ -302,16 +306,20 @@ class CampqCodec(Codec):
                     _, _, resid[g], errs[g] = beam_step(resid[g], errs[g], stage_cbs[g], beam, a)
         return out
 
-    @staticmethod
-    def _train_lane(lw: LaneWidth) -> LaneWidth:
-        """Lane width of the training-time assignments that build residual targets.
+    @classmethod
+    def _train_assign(cls, target, cbs, widths, shared, lw: LaneWidth) -> np.ndarray:
+        """Training-time codes that build residual targets, when the stored
+        codebooks differ from k-means' own (bfloat16-rounded, or a uint8 grid).
 
-        Float64 distances for the float lane widths (the stored codebooks hold
-        the values those widths use), so a JIT run and a reference run agree on
-        the residuals the next stage trains on; U8x64 is exact integer math
-        already and its uint8 grid changes which centroid wins, so it is kept.
+        BF16x32: float32 search with the float64 tie rule on the rounded
+        values (what the kernels use), so a JIT run and a reference run agree
+        on the residuals the next stage trains on; U8x64 is exact integer
+        math already and its uint8 grid changes which centroid wins, so it is
+        kept.
         """
-        return LaneWidth.U8x64 if lw is LaneWidth.U8x64 else LaneWidth.F64x8
+        if lw is LaneWidth.U8x64:
+            return cls._assign(target, cbs, widths, shared, lw)
+        return cls._assign(target, cbs, widths, shared, LaneWidth.F32x16, exact=True)
 
     @staticmethod
     def _starved_message(s: int, K: int, n: int, n_vec: int, M: int, shared: bool) -> str:
@@ -332,13 +340,16 @@ class CampqCodec(Codec):
     # -- encode / decode --------------------------------------------------------
 
     @staticmethod
-    def _assign(target: np.ndarray, cbs: list[np.ndarray], widths: tuple[int, ...], shared: bool, lw: LaneWidth) -> np.ndarray:
+    def _assign(
+        target: np.ndarray, cbs: list[np.ndarray], widths: tuple[int, ...], shared: bool, lw: LaneWidth,
+        exact: bool = False,
+    ) -> np.ndarray:
         n, M = target.shape[0], len(widths)
         if shared:
             # one codebook for every subspace: assign the n x M sub-vectors in one call
             flat = np.ascontiguousarray(target).reshape(n * M, widths[0])
-            return helix_jit.pq_assign(flat, [cbs[0]], lw).reshape(n, M)
-        return helix_jit.pq_assign(np.ascontiguousarray(target), cbs, lw)
+            return helix_jit.pq_assign(flat, [cbs[0]], lw, exact=exact).reshape(n, M)
+        return helix_jit.pq_assign(np.ascontiguousarray(target), cbs, lw, exact=exact)
 
     @staticmethod
     def _stage_codebooks(state: CodecState) -> list[list[np.ndarray]]:
