@@ -12,7 +12,7 @@ from helix_framework import artifacts
 from helix_framework.calibrate import reconstruct, split_arrays
 from helix_framework.cli import main
 from helix_framework.errors import ExportError
-from helix_framework.export_gguf import _source_reader, known_architectures
+from helix_framework.export_gguf import known_architectures, source_layout
 from helix_framework.host import Host
 from helix_framework.models import resolve_model
 
@@ -129,9 +129,9 @@ def test_unknown_architecture_is_one_line_naming_the_field(tmp_path):
     w.write_header_to_file(), w.write_kv_data_to_file(), w.write_tensors_to_file(), w.close()
     assert "llama" in known_architectures() and "helixnet" not in known_architectures()
     with pytest.raises(ExportError, match=r"field 'general.architecture': architecture 'helixnet' is not one"):
-        _source_reader({"source": {"kind": "gguf", "path": str(path)}})
-    with pytest.raises(ExportError, match=r"field 'source.kind'.*hf_directory"):
-        _source_reader({"source": {"kind": "hf_directory", "path": str(tmp_path)}})
+        source_layout({"source": {"kind": "gguf", "path": str(path)}})
+    with pytest.raises(ExportError, match=r"field 'source.kind'.*safetensors_file"):
+        source_layout({"source": {"kind": "safetensors_file", "path": str(path)}})
 
 
 @pytest.mark.slow
