@@ -30,7 +30,7 @@ import numpy as np
 from helix_framework import artifacts
 from helix_framework.errors import ExportError
 
-__all__ = ["export_gguf", "known_architectures", "source_layout"]
+__all__ = ["export_gguf", "known_architectures", "source_layout", "write_f32_copy"]
 
 DTYPES = ("f16", "f32")
 _F16_MAX = 65504.0
@@ -199,10 +199,17 @@ def export_gguf(directory: str | Path, out_file: str | Path, *, dtype: str = "f1
     artifacts.make_output_dir(out_file.parent)
     artifacts.clean_temporaries(out_file.parent)
     writer.add_string("helix.export", json.dumps(info, sort_keys=True))
+    for name, array, raw_dtype in tensors:
+        writer.add_tensor(name, array, raw_dtype=raw_dtype)
+    _write(writer, out_file)
+    return {"out": str(out_file), "tensors": len(tensors), "metadata": len(writer.kv_data[0]), "written": written}
+
+
+def _write(writer: Any, out_file: Path) -> None:
+    """Write a GGUFWriter's header, metadata and tensors to ``out_file`` atomically."""
+    import gguf
 
     def write(f: Any) -> None:
-        for name, array, raw_dtype in tensors:
-            writer.add_tensor(name, array, raw_dtype=raw_dtype)
         # GGUFWriter opens its own files; hand it the temporary atomic_write made.
         writer.fout, writer.state = [f], gguf.gguf_writer.WriterState.EMPTY
         writer.write_header_to_file()
@@ -210,4 +217,21 @@ def export_gguf(directory: str | Path, out_file: str | Path, *, dtype: str = "f1
         writer.write_tensors_to_file()
 
     artifacts.atomic_write(out_file.parent, ".gguf", write, lambda: out_file, where=out_file)
-    return {"out": str(out_file), "tensors": len(tensors), "metadata": len(writer.kv_data[0]), "written": written}
+
+
+def write_f32_copy(path: str | Path, out_file: str | Path) -> Path:
+    """``path`` with every tensor dequantized to float32, metadata unchanged:
+    llama.cpp multiplies such a file in float32, without the 8-bit rounding
+    of activations it applies next to quantized weights."""
+    import gguf
+
+    reader = gguf.GGUFReader(path, "r")
+    arch = reader.fields["general.architecture"].contents()
+    writer = gguf.GGUFWriter(None, arch)
+    GGUFLayout(reader, arch).write_metadata(writer)
+    for t in reader.tensors:
+        x = np.ascontiguousarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32)
+        writer.add_tensor(t.name, x)
+    out_file = Path(out_file)
+    _write(writer, out_file)
+    return out_file

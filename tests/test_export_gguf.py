@@ -1,5 +1,6 @@
 """helix export --format gguf: a calibration of the embedded SmolLM2 GGUF
-written back as a GGUF (one block compressed to keep it fast)."""
+written back as a GGUF (one block compressed to keep it fast). llama.cpp
+loading exports: tests/test_llamacpp_logits.py."""
 
 import json
 from pathlib import Path
@@ -132,24 +133,3 @@ def test_unknown_architecture_is_one_line_naming_the_field(tmp_path):
         source_layout({"source": {"kind": "gguf", "path": str(path)}})
     with pytest.raises(ExportError, match=r"field 'source.kind'.*safetensors_file"):
         source_layout({"source": {"kind": "safetensors_file", "path": str(path)}})
-
-
-@pytest.mark.slow
-def test_export_loads_in_llama_cpp_and_answers_paris(runs, monkeypatch):
-    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip builds it from source)")
-    # A native build enables ggml's AMX kernels, which crash (SIGSEGV in ggml_backend_amx_mul_mat)
-    # where the kernel does not grant AMX state; the extra buffer types are a speed-up only.
-    default = llama_cpp.llama_cpp.llama_model_default_params
-
-    def without_extra_buffers():
-        params = default()
-        params.use_extra_bufts = False
-        return params
-
-    monkeypatch.setattr(llama_cpp.llama_cpp, "llama_model_default_params", without_extra_buffers)
-    tmp, run, _ = runs
-    path = tmp / "paris.gguf"
-    assert main(["export", str(run), "--format", "gguf", "--out", str(path)]) == 0
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=64, n_threads=1, verbose=False)
-    out = llm("The capital of France is", max_tokens=2, temperature=0.0, top_k=1)
-    assert out["choices"][0]["text"].startswith(" Paris"), out["choices"][0]["text"]

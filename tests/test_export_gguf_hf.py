@@ -43,11 +43,15 @@ def hf_name(name: str) -> str:
 
 @pytest.fixture(scope="module")
 def hf_dir(tmp_path_factory) -> Path:
+    return write_hf_copy(tmp_path_factory.mktemp("hf") / "SmolLM2-hf")
+
+
+def write_hf_copy(d: Path) -> Path:
+    """The embedded SmolLM2 as a Hugging Face directory ``d``."""
     from safetensors.numpy import save_file
 
     src = open_source(resolve_model("smollm2"))
     meta = src.config
-    d = tmp_path_factory.mktemp("hf") / "SmolLM2-hf"
     d.mkdir()
     n_head, n_kv = meta["llama.attention.head_count"], meta["llama.attention.head_count_kv"]
     config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",

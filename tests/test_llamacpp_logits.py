@@ -15,12 +15,12 @@ llama.cpp's own activation rounding. Skipped without llama_cpp.
 
 from pathlib import Path
 
-import gguf
 import numpy as np
 import pytest
 
 from helix_framework.agree import token_windows, weights_from_artifacts
 from helix_framework.cli import main
+from helix_framework.export_gguf import write_f32_copy
 from helix_framework.host import Host
 from helix_framework.measure.agreement import AgreementAccumulator
 from helix_framework.models import resolve_model
@@ -95,24 +95,10 @@ def agreement(ref: list[np.ndarray], cand: list[np.ndarray], windows) -> tuple[f
     return result.top1, result.kl["mean"]
 
 
-def f32_twin(path: Path, out: Path) -> Path:
-    """``path`` with every tensor dequantized to float32, metadata unchanged."""
-    src = gguf.GGUFReader(path, "r")
-    w = gguf.GGUFWriter(out, src.fields["general.architecture"].contents())
-    for key, field in src.fields.items():
-        if key.startswith("GGUF.") or key == "general.architecture":
-            continue
-        w.add_key_value(key, field.contents(), field.types[0], sub_type=field.types[-1] if len(field.types) > 1 else None)
-    for t in src.tensors:
-        w.add_tensor(t.name, np.ascontiguousarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32))
-    w.write_header_to_file(), w.write_kv_data_to_file(), w.write_tensors_to_file(), w.close()
-    return out
-
-
 def check_against_llama_cpp(path: Path, model, windows, tmp: Path) -> dict[str, tuple[float, float]]:
     ours = helix_logits(model, windows)
     theirs = llama_logits(path, windows)
-    twin = llama_logits(f32_twin(path, tmp / f"{path.stem}-f32.gguf"), windows)
+    twin = llama_logits(write_f32_copy(path, tmp / f"{path.stem}-f32.gguf"), windows)
     figures = {"helix~llama": agreement(ours, theirs, windows), "helix~llama_f32": agreement(ours, twin, windows),
                "llama_f32~llama": agreement(twin, theirs, windows)}
     print(path.name, figures)  # pytest -s shows the measured figures
