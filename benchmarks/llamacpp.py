@@ -36,7 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 LLAMA_TYPES = ["Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "IQ4_NL", "Q4_0"]
 GGUF_TYPES = ["Q4_K", "IQ4_NL", "Q4_0"]
-DATA_AWARE = ["40_dataaware_4bit", "43_dataaware_5bit", "45_dataaware_8bit", "44_dataaware_6bit",
+DATA_AWARE = ["40_dataaware_4bit", "43_dataaware_5bit", "45_dataaware_8bit", "44_dataaware_6bit", "46_dataaware_7bit",
               "41_dataaware_3bit", "42_dataaware_2bit"]
 #: llama.cpp's imatrix is collected on the uncompressed model
 IMATRIX_CALIBRATION = "{text: builtin, sequences: 16, tokens: 256, seed: 0, held_out: 0.125, propagate: reference}"
