@@ -1,18 +1,22 @@
 """``helix export DIR --format gguf``: a calibration output as a GGUF file
 llama.cpp loads.
 
-- Metadata: every key-value pair of the GGUF source is copied (architecture,
-  hyper-parameters, tokenizer, chat template), plus ``helix.export``: JSON
-  saying, per tensor, how it was written.
+- Metadata: every key-value pair of a GGUF source is copied (architecture,
+  hyper-parameters, tokenizer, chat template); for a Hugging Face
+  Llama-family directory it is built from config.json and the tokenizer
+  files, tensors get llama.cpp's names and q/k rows its order
+  (`helix_framework.export_gguf_hf`). Either way ``helix.export`` is added:
+  JSON saying, per tensor, how it was written.
 - Tensors of the ``gguf`` codec (identity rotation, no reshape) are written as
   their GGUF block bytes, exactly as stored in the artifact.
 - Tensors of any other codec are decoded (rotation inverted) and written as
   F16, or F32 with ``dtype="f32"``.
-- Passthrough and skipped tensors keep their source type and bytes.
+- Passthrough and skipped tensors keep their source type and bytes (1-D
+  tensors of a Hugging Face source become F32, as llama.cpp's converter
+  writes them).
 
 The file is written to a temporary beside the target and renamed into place,
-so an interrupted export leaves the old file or the new one. Only a GGUF
-source is supported; a Hugging Face source is refused with one line.
+so an interrupted export leaves the old file or the new one.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import numpy as np
 from helix_framework import artifacts
 from helix_framework.errors import ExportError
 
-__all__ = ["export_gguf", "known_architectures"]
+__all__ = ["export_gguf", "known_architectures", "source_layout", "write_f32_copy"]
 
 DTYPES = ("f16", "f32")
 _F16_MAX = 65504.0
@@ -39,14 +43,43 @@ def known_architectures() -> set[str]:
     return set(gguf.MODEL_ARCH_NAMES.values())
 
 
-def _source_reader(manifest: dict[str, Any]):
+class GGUFLayout:
+    """A GGUF source: names, row order and metadata stay as they are."""
+
+    def __init__(self, reader: Any, arch: str):
+        self.reader, self.arch = reader, arch
+
+    def name(self, source_name: str) -> str:
+        return source_name
+
+    def row_order(self, source_name: str, rows: int) -> None:
+        return None
+
+    def write_metadata(self, writer: Any) -> None:
+        """Every KV of the source except the header counters and the
+        architecture (GGUFWriter writes those itself)."""
+        for key, field in self.reader.fields.items():
+            if key.startswith("GGUF.") or key == "general.architecture":
+                continue
+            sub = field.types[-1] if len(field.types) > 1 else None
+            writer.add_key_value(key, field.contents(), field.types[0], sub_type=sub)
+
+
+def source_layout(manifest: dict[str, Any]) -> Any:
+    """How the calibration's source maps onto a GGUF: `GGUFLayout` or
+    `export_gguf_hf.HFLayout`; a source llama.cpp cannot take is refused
+    naming the field."""
     import gguf
 
     source = manifest["source"]
-    if source["kind"] != "gguf":
-        raise ExportError(f"export to GGUF needs a GGUF source; this calibration's source is {source['kind']} "
-                          f"({source['path']}); Hugging Face sources are not supported yet", field="source.kind")
     path = Path(source["path"])
+    if source["kind"] == "hf_directory":
+        from helix_framework.export_gguf_hf import hf_layout
+
+        return hf_layout(path)
+    if source["kind"] != "gguf":
+        raise ExportError(f"export to GGUF needs a GGUF file or a Hugging Face directory; this calibration's "
+                          f"source is {source['kind']} ({path})", field="source.kind")
     try:
         reader = gguf.GGUFReader(path, "r")
     except (OSError, ValueError) as exc:
@@ -55,21 +88,7 @@ def _source_reader(manifest: dict[str, Any]):
     name = arch.contents() if arch is not None else None
     if name not in known_architectures():
         raise ExportError(f"architecture {name!r} is not one llama.cpp knows", field="general.architecture")
-    return reader, name
-
-
-def _copy_metadata(reader, writer) -> int:
-    """Every KV of the source except the header counters and the architecture
-    (GGUFWriter writes those itself). Returns how many were copied."""
-    n = 0
-    for key, field in reader.fields.items():
-        if key.startswith("GGUF.") or key == "general.architecture":
-            continue
-        vtype = field.types[0]
-        sub = field.types[-1] if len(field.types) > 1 else None
-        writer.add_key_value(key, field.contents(), vtype, sub_type=sub)
-        n += 1
-    return n
+    return GGUFLayout(reader, name)
 
 
 def _plan(entry: dict[str, Any], manifest: dict[str, Any]) -> str:
@@ -83,39 +102,54 @@ def _plan(entry: dict[str, Any], manifest: dict[str, Any]) -> str:
 
 
 def _tensor(entry: dict[str, Any], plan: str, dtype: str, directory: Path, manifest: dict[str, Any],
-            host: Any) -> tuple[np.ndarray, Any, str]:
-    """(array for GGUFWriter, raw_dtype or None, GGML type name written)."""
+            host: Any, layout: Any) -> tuple[np.ndarray, Any, str]:
+    """(array for GGUFWriter, raw_dtype or None, GGML type name written), rows
+    in the layout's order."""
     import gguf
 
     from helix_framework.calibrate import reconstruct, split_arrays
 
     name = entry["name"]
+    order = layout.row_order(name, entry["shape"][0]) if len(entry["shape"]) == 2 else None
+
+    def rows(a: np.ndarray) -> np.ndarray:
+        return a if order is None else np.ascontiguousarray(a.reshape(entry["shape"][0], -1)[order])
+
     if plan == "decoded":
-        rows = reconstruct(entry, directory, host, manifest)
+        x = rows(reconstruct(entry, directory, host, manifest))
         if dtype == "f16":
-            big = float(np.max(np.abs(rows))) if rows.size else 0.0
+            big = float(np.max(np.abs(x))) if x.size else 0.0
             if not np.isfinite(big) or big > _F16_MAX:
                 raise ExportError(f"its decoded values reach {big:.4g}, beyond float16; use --dtype f32", tensor=name)
-            return rows.astype(np.float16), None, "F16"
-        return rows.astype(np.float32), None, "F32"
+            return x.astype(np.float16), None, "F16"
+        return x.astype(np.float32), None, "F32"
     arrays = artifacts.read_safetensors(directory / entry["files"][0]["file"])
     if plan == "native":
         codes, _, _ = split_arrays(arrays)
         eff = entry["codec_meta"]["state"]["effective_type"]
-        blocks = np.ascontiguousarray(codes["blocks"], dtype=np.uint8)
+        blocks = rows(np.ascontiguousarray(codes["blocks"], dtype=np.uint8))
         if eff == "F16":
             return blocks.view(np.float16).reshape(entry["shape"]), None, "F16"
         return blocks, gguf.GGMLQuantizationType[eff], eff
     if "weight" in arrays:
         w = np.asarray(arrays["weight"]).reshape(entry["shape"])
-        return w, None, entry["dtype"]
+        if entry["dtype"] == "BF16":
+            from helix_framework.sources.base import bf16_to_float32
+
+            bits = w.view(np.uint16)
+            if w.ndim == 1:  # llama.cpp's converter writes 1-D tensors as F32
+                return bf16_to_float32(bits).reshape(w.shape), None, "F32"
+            return rows(bits), gguf.GGMLQuantizationType.BF16, "BF16"
+        if w.ndim == 1 and not isinstance(layout, GGUFLayout) and w.dtype != np.float32:
+            return w.astype(np.float32), None, "F32"
+        return rows(w).reshape(w.shape), None, entry["dtype"]
     try:
         qtype = gguf.GGMLQuantizationType[entry["dtype"]]
     except KeyError:
         raise ExportError(f"source type {entry['dtype']} has no GGUF form", tensor=name) from None
     raw = np.asarray(arrays["raw"]).reshape(-1).view(np.uint8)
     n_rows = int(np.prod(entry["shape"][:-1]))
-    return raw.reshape(n_rows, -1), qtype, entry["dtype"]
+    return rows(raw.reshape(n_rows, -1)), qtype, entry["dtype"]
 
 
 def export_gguf(directory: str | Path, out_file: str | Path, *, dtype: str = "f16", host: Any = None,
@@ -141,7 +175,9 @@ def export_gguf(directory: str | Path, out_file: str | Path, *, dtype: str = "f1
     problems = artifacts.verify(directory)
     if problems:
         raise artifacts.ArtifactError(f"{directory}: artifacts do not match the manifest: {problems[0]}")
-    reader, arch = _source_reader(manifest)
+    layout = source_layout(manifest)
+    writer = gguf.GGUFWriter(None, layout.arch)
+    layout.write_metadata(writer)
 
     tensors, written = [], {}
     entries = manifest["tensors"]
@@ -150,24 +186,31 @@ def export_gguf(directory: str | Path, out_file: str | Path, *, dtype: str = "f1
 
         entries = tqdm(entries, desc="export", unit="tensor", leave=False)
     for entry in entries:
+        gguf_name = layout.name(entry["name"])
+        if gguf_name is None:
+            written[entry["name"]] = "dropped"
+            continue
         plan = _plan(entry, manifest)
-        array, raw_dtype, written_type = _tensor(entry, plan, dtype, directory, manifest, host)
-        tensors.append((entry["name"], array, raw_dtype))
+        array, raw_dtype, written_type = _tensor(entry, plan, dtype, directory, manifest, host, layout)
+        tensors.append((gguf_name, array, raw_dtype))
         written[entry["name"]] = f"{plan} {written_type}"
     info = {"candidate": manifest["config"]["name"], "codec": manifest["codec"]["name"],
             "rotation": manifest["rotation"]["name"], "dtype": dtype, "tensors": written}
 
     artifacts.make_output_dir(out_file.parent)
     artifacts.clean_temporaries(out_file.parent)
-    n_kv = 0
+    writer.add_string("helix.export", json.dumps(info, sort_keys=True))
+    for name, array, raw_dtype in tensors:
+        writer.add_tensor(name, array, raw_dtype=raw_dtype)
+    _write(writer, out_file)
+    return {"out": str(out_file), "tensors": len(tensors), "metadata": len(writer.kv_data[0]), "written": written}
+
+
+def _write(writer: Any, out_file: Path) -> None:
+    """Write a GGUFWriter's header, metadata and tensors to ``out_file`` atomically."""
+    import gguf
 
     def write(f: Any) -> None:
-        nonlocal n_kv
-        writer = gguf.GGUFWriter(None, arch)
-        n_kv = _copy_metadata(reader, writer)
-        writer.add_string("helix.export", json.dumps(info, sort_keys=True))
-        for name, array, raw_dtype in tensors:
-            writer.add_tensor(name, array, raw_dtype=raw_dtype)
         # GGUFWriter opens its own files; hand it the temporary atomic_write made.
         writer.fout, writer.state = [f], gguf.gguf_writer.WriterState.EMPTY
         writer.write_header_to_file()
@@ -175,4 +218,21 @@ def export_gguf(directory: str | Path, out_file: str | Path, *, dtype: str = "f1
         writer.write_tensors_to_file()
 
     artifacts.atomic_write(out_file.parent, ".gguf", write, lambda: out_file, where=out_file)
-    return {"out": str(out_file), "tensors": len(tensors), "metadata": n_kv + 1, "written": written}
+
+
+def write_f32_copy(path: str | Path, out_file: str | Path) -> Path:
+    """``path`` with every tensor dequantized to float32, metadata unchanged:
+    llama.cpp multiplies such a file in float32, without the 8-bit rounding
+    of activations it applies next to quantized weights."""
+    import gguf
+
+    reader = gguf.GGUFReader(path, "r")
+    arch = reader.fields["general.architecture"].contents()
+    writer = gguf.GGUFWriter(None, arch)
+    GGUFLayout(reader, arch).write_metadata(writer)
+    for t in reader.tensors:
+        x = np.ascontiguousarray(gguf.quants.dequantize(t.data, t.tensor_type), dtype=np.float32)
+        writer.add_tensor(t.name, x)
+    out_file = Path(out_file)
+    _write(writer, out_file)
+    return out_file

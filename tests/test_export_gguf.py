@@ -1,5 +1,6 @@
 """helix export --format gguf: a calibration of the embedded SmolLM2 GGUF
-written back as a GGUF (one block compressed to keep it fast)."""
+written back as a GGUF (one block compressed to keep it fast). llama.cpp
+loading exports: tests/test_llamacpp_logits.py."""
 
 import json
 from pathlib import Path
@@ -12,7 +13,7 @@ from helix_framework import artifacts
 from helix_framework.calibrate import reconstruct, split_arrays
 from helix_framework.cli import main
 from helix_framework.errors import ExportError
-from helix_framework.export_gguf import _source_reader, known_architectures
+from helix_framework.export_gguf import known_architectures, source_layout
 from helix_framework.host import Host
 from helix_framework.models import resolve_model
 
@@ -129,27 +130,6 @@ def test_unknown_architecture_is_one_line_naming_the_field(tmp_path):
     w.write_header_to_file(), w.write_kv_data_to_file(), w.write_tensors_to_file(), w.close()
     assert "llama" in known_architectures() and "helixnet" not in known_architectures()
     with pytest.raises(ExportError, match=r"field 'general.architecture': architecture 'helixnet' is not one"):
-        _source_reader({"source": {"kind": "gguf", "path": str(path)}})
-    with pytest.raises(ExportError, match=r"field 'source.kind'.*hf_directory"):
-        _source_reader({"source": {"kind": "hf_directory", "path": str(tmp_path)}})
-
-
-@pytest.mark.slow
-def test_export_loads_in_llama_cpp_and_answers_paris(runs, monkeypatch):
-    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip builds it from source)")
-    # A native build enables ggml's AMX kernels, which crash (SIGSEGV in ggml_backend_amx_mul_mat)
-    # where the kernel does not grant AMX state; the extra buffer types are a speed-up only.
-    default = llama_cpp.llama_cpp.llama_model_default_params
-
-    def without_extra_buffers():
-        params = default()
-        params.use_extra_bufts = False
-        return params
-
-    monkeypatch.setattr(llama_cpp.llama_cpp, "llama_model_default_params", without_extra_buffers)
-    tmp, run, _ = runs
-    path = tmp / "paris.gguf"
-    assert main(["export", str(run), "--format", "gguf", "--out", str(path)]) == 0
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=64, n_threads=1, verbose=False)
-    out = llm("The capital of France is", max_tokens=2, temperature=0.0, top_k=1)
-    assert out["choices"][0]["text"].startswith(" Paris"), out["choices"][0]["text"]
+        source_layout({"source": {"kind": "gguf", "path": str(path)}})
+    with pytest.raises(ExportError, match=r"field 'source.kind'.*safetensors_file"):
+        source_layout({"source": {"kind": "safetensors_file", "path": str(path)}})
