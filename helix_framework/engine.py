@@ -12,7 +12,10 @@ layer's inputs into `LayerStats` (``H = sum x^T x`` in float64, one Hessian
 per distinct input, so q/k/v share one and gate/up share one), let the caller
 fit and encode that block's tensors, and move the windows on through the
 compressed block (``propagate: quantized``) or the reference one
-(``propagate: reference``). The model is loaded lazily and each block's
+(``propagate: reference``). With ``quantized`` the block's layers are also
+fitted in the order they read their inputs (GPTQ's "true sequential"): the
+o, gate/up and down statistics are collected again once the layers before
+them are replaced, so each layer fits the inputs it will really see. The model is loaded lazily and each block's
 weights are released before the next is read, so only one block's matrices
 are in memory at a time.
 
