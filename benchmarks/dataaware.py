@@ -94,7 +94,8 @@ def main() -> None:
     parser.add_argument("--only", action="append", help="run only rows whose label contains this text (repeatable)")
     args = parser.parse_args()
 
-    from helix_framework.agree import agree, weights_from_config
+    from helix_framework.agree import agree
+    from helix_framework.calibrate import weights_from_config
     from helix_framework.config import candidate_from_mapping
     from helix_framework.host import get_host
     from helix_framework.models import resolve_model
