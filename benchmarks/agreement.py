@@ -86,6 +86,7 @@ def _bits(source, cand, host) -> float:
     import numpy as np
 
     from helix_framework.calibrate import fit_reconstruct, resolve, route_and_read, split_rows, tensor_rng
+    from helix_framework.layer_stats import LayerStats
 
     comp = resolve(cand, host)
     total_bits = total_weights = 0
@@ -97,8 +98,10 @@ def _bits(source, cand, host) -> float:
         x = routed.rows
         if x.shape not in per_shape:
             split = split_rows(x.shape[0], cand.rows, cand.in_sample, info.name)
+            # a data-aware candidate's components need statistics; any Hessian gives the same bits
+            stats = LayerStats(np.eye(x.shape[1]), 1) if cand.calibration is not None else None
             per_shape[x.shape] = fit_reconstruct(x, split.calibration, comp, cand.params, info.name,
-                                                 tensor_rng(cand.rows.seed, info.name)).bits["total_bits"]
+                                                 tensor_rng(cand.rows.seed, info.name), stats=stats).bits["total_bits"]
         total_bits += per_shape[x.shape]
         total_weights += x.size
     return float(total_bits / total_weights) if total_weights else float(np.nan)

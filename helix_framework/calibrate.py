@@ -191,6 +191,8 @@ def fit_reconstruct(
     t0 = time.perf_counter()
     try:
         rot_extra = {"stats": stats} if stats is not None and comp.rotation.takes_stats else {}
+        if comp.rotation.takes_codec:  # awq searches its exponent with the candidate's own codec
+            rot_extra["codec"] = comp.codec
         rot_state = comp.rotation.fit(x[cal_idx], cand.rotation.params, rng, codec_params=params, **rot_extra)
         xr = comp.rotation.apply(rot_state, x)
         rstats = _rotated_stats(comp, rot_state, stats) if stats is not None else None

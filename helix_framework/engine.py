@@ -12,7 +12,10 @@ layer's inputs into `LayerStats` (``H = sum x^T x`` in float64, one Hessian
 per distinct input, so q/k/v share one and gate/up share one), let the caller
 fit and encode that block's tensors, and move the windows on through the
 compressed block (``propagate: quantized``) or the reference one
-(``propagate: reference``). The model is loaded lazily and each block's
+(``propagate: reference``). With ``quantized`` the block's layers are also
+fitted in the order they read their inputs (GPTQ's "true sequential"): the
+o, gate/up and down statistics are collected again once the layers before
+them are replaced, so each layer fits the inputs it will really see. The model is loaded lazily and each block's
 weights are released before the next is read, so only one block's matrices
 are in memory at a time.
 
@@ -192,7 +195,10 @@ def run_blocks(
                 ref_held = model.block_windows(layer, h_held)
         finally:
             model.linear_observer = None
-        replacements = fit_block(layer, names, collector.result())
+        if propagate == "quantized":
+            replacements = _fit_sequential(model, layer, names, collector, h_fit, h_held, fit_block)
+        else:
+            replacements = fit_block(layer, names, collector.result())
         if propagate == "quantized" and replacements:
             for name, w in replacements.items():
                 model.weights[name] = np.ascontiguousarray(w, dtype=np.float32)
@@ -254,6 +260,64 @@ def _progress_tensors(infos: Sequence[Any], enabled: bool) -> Iterator[Any]:
         for info in bar:
             bar.set_postfix_str(info.name[-40:], refresh=False)
             yield info
+
+
+class _Stop(Exception):
+    """Ends a block's forward pass once the wanted layer input is seen."""
+
+
+def _fit_sequential(
+    model: Any, layer: int, names: list[str], first: StatsCollector, h_fit: np.ndarray,
+    h_held: np.ndarray | None, fit_block: FitBlock,
+) -> dict[str, np.ndarray]:
+    """Fit a block's layers in the order they read their inputs (GPTQ's "true
+    sequential": q/k/v, then o, then gate/up, then down), each group on the
+    inputs of the block whose earlier layers are already replaced by their
+    reconstructions. The first group's statistics come from ``first``; each
+    later group's are collected again by running the block only up to that
+    group's input. The block's other tensors (norms, biases) come last."""
+    stats = first.result()
+    groups: dict[str, list[str]] = {}
+    for name in stats:  # insertion order = the order the block reads them
+        groups.setdefault(min((name, *stats[name].shared_with), key=list(stats).index), []).append(name)
+    replacements: dict[str, np.ndarray] = {}
+    for i, (head, members) in enumerate(groups.items()):
+        if i:
+            collector = StatsCollector()
+            model.linear_observer = _Until(collector, head)
+            try:
+                for group, h in (("fit", h_fit), ("held_out", h_held)):
+                    collector.group = group
+                    for b in range(0 if h is None else h.shape[0]):
+                        try:
+                            model.block_windows(layer, h[b : b + 1])
+                        except _Stop:
+                            pass
+            finally:
+                model.linear_observer = None
+            again = collector.result()[head]
+            group_stats = {n: attrs.evolve(again, shared_with=stats[n].shared_with) for n in members}
+        else:
+            group_stats = {n: stats[n] for n in members}
+        fitted = fit_block(layer, members, group_stats)
+        for name, w in fitted.items():
+            model.weights[name] = np.ascontiguousarray(w, dtype=np.float32)
+        replacements.update(fitted)
+    rest = [n for n in names if n not in stats]
+    replacements.update(fit_block(layer, rest, {}) if rest else {})
+    return replacements
+
+
+class _Until:
+    """An observer that passes ``head``'s input to ``collector`` and stops the pass there."""
+
+    def __init__(self, collector: StatsCollector, head: str) -> None:
+        self.collector, self.head = collector, head
+
+    def __call__(self, name: str, x: np.ndarray) -> None:
+        if name == self.head:
+            self.collector(name, x)
+            raise _Stop
 
 
 def _progress(items: range, enabled: bool, desc: str = "calibrating blocks") -> Iterator[int]:

@@ -91,3 +91,26 @@ def test_registered_through_its_entry_point():
     assert (reg.source, reg.distribution) == ("entry point", "helix-rotation-awq")
     assert reg.obj.takes_stats and reg.obj.takes_codec and not reg.obj.orthogonal
     check_params_round_trip(AwqParams(grid=5))
+
+
+def test_the_host_passes_the_codec_and_the_searched_scaling_is_used():
+    """A data-aware candidate with rotation awq fits through the host's
+    fit_reconstruct (which must hand the rotation its codec)."""
+    from helix_framework.calibrate import fit_reconstruct, resolve
+    from helix_framework.config import candidate_from_mapping
+
+    host = Host()
+    cand = candidate_from_mapping({
+        "name": "awq_int3", "codec": "rtn", "params": {"bits": 3, "group_size": 32, "symmetric": False},
+        "rotation": {"kind": "awq", "grid": 5}, "rows": {"calibration": 64, "measurement": 32, "seed": 0},
+        "calibration": {"text": "builtin", "sequences": 4, "tokens": 64},
+    }, host)
+    w, x = weights(), inputs()
+    fitted = fit_reconstruct(w, np.arange(64), resolve(cand, host), cand.params, "w", np.random.default_rng(0),
+                             stats=stats_of(x))
+    direct = fit(w, x, AwqParams(grid=5))
+    assert fitted.rot_state.meta["alpha"] == direct.meta["alpha"] > 0
+    cs = RTN.fit(w, INT3, np.random.default_rng(0))
+    plain = RTN.decode(cs, RTN.encode(cs, w))
+    assert stats_of(x).output_error(w - fitted.reconstruction) < stats_of(x).output_error(w - plain)
+    assert fitted.bits["rotation_bpw"] == pytest.approx(32 * w.shape[1] / w.size)
