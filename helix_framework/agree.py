@@ -130,24 +130,27 @@ def adc_linears(directory: str | Path, host: Any) -> dict[str, Any]:
 
     directory = Path(directory)
     manifest = artifacts.read_manifest(directory)
-    name = manifest["codec"]["name"]
-    codec = host.codec(name)
-    if not codec.compressed_matmul:
-        raise AgreementError(f"--engine adc needs a codec that multiplies from its codes (compressed_matmul); {name!r} does not")
-    rotation = host.rotation(manifest["rotation"]["name"])
-    params = structure(manifest["config"]["params"], codec.Params, path="$.config.params")
     out = {}
     for e in manifest["tensors"]:
         if e["route"] != "codec" or e.get("reshape"):
             continue
+        plugins = artifacts.compressed_by(e, manifest)
+        name = plugins["codec"]["name"]
+        codec = host.codec(name)
+        if not codec.compressed_matmul:
+            raise AgreementError(f"--engine adc needs a codec that multiplies from its codes (compressed_matmul); "
+                                 f"{name!r} (tensor {e['name']}) does not")
+        rotation = host.rotation(plugins["rotation"]["name"])
+        params = structure(plugins["config"]["params"], codec.Params, path="$.config.params")
         code_arrays, state_arrays, rot_arrays = split_arrays(artifacts.read_safetensors(directory / e["files"][0]["file"]))
         meta = e["codec_meta"]
         state, codes = CodecState(state_arrays, meta["state"]), Codes(code_arrays, meta["codes"])
         rot_state = RotationState(rot_arrays, e["rotation_meta"])
 
-        def fn(x: np.ndarray, _state: Any = state, _codes: Any = codes, _rot: Any = rot_state) -> np.ndarray:
-            xr = np.ascontiguousarray(rotation.apply(_rot, np.asarray(x, np.float32)).T)
-            return np.ascontiguousarray(codec.matmul(_state, _codes, xr, params).T)
+        def fn(x: np.ndarray, _state: Any = state, _codes: Any = codes, _rot: Any = rot_state,
+               _codec: Any = codec, _rotation: Any = rotation, _params: Any = params) -> np.ndarray:
+            xr = np.ascontiguousarray(_rotation.apply(_rot, np.asarray(x, np.float32)).T)
+            return np.ascontiguousarray(_codec.matmul(_state, _codes, xr, _params).T)
 
         out[e["name"]] = fn
     return out

@@ -387,10 +387,21 @@ def check_manifest(manifest: Any, path: Path | str = MANIFEST) -> None:
                 raise fail(f"{rat}.sha256", f"{_short(record.get('sha256'))} is not a SHA-256 in hex")
             integer(record.get("bytes"), f"{rat}.bytes")
         if entry["route"] == "codec":
+            if "choice" in entry:
+                choice = obj(entry["choice"], f"{at}.choice")
+                for key in ("codec", "rotation"):
+                    text(obj(choice.get(key), f"{at}.choice.{key}").get("name"), f"{at}.choice.{key}.name")
+                text(obj(choice.get("config"), f"{at}.choice.config").get("name"), f"{at}.choice.config.name")
             meta = obj(entry.get("codec_meta"), f"{at}.codec_meta")
             obj(meta.get("state"), f"{at}.codec_meta.state")
             obj(meta.get("codes"), f"{at}.codec_meta.codes")
             obj(entry.get("rotation_meta"), f"{at}.rotation_meta")
+
+
+def compressed_by(entry: Mapping[str, Any], manifest: Mapping[str, Any]) -> Mapping[str, Any]:
+    """Where a codec entry's ``codec``, ``rotation`` and ``config`` are recorded:
+    its route choice (a mixed-precision config), else the manifest's top level."""
+    return entry.get("choice") or manifest
 
 
 def _short(value: Any) -> str:

@@ -125,6 +125,12 @@ class Components:
     measurements: tuple[Any, ...]
     codec_reg: Any
     rotation_reg: Any
+    choices: tuple[Components, ...] = ()
+
+    def for_tensor(self, name: str) -> Components:
+        """The components that compress ``name`` (a route choice's, or these)."""
+        i = self.candidate.choice_index(name)
+        return self if i is None else self.choices[i]
 
 
 def resolve(candidate: CandidateConfig, host: Any = None) -> Components:
@@ -135,7 +141,8 @@ def resolve(candidate: CandidateConfig, host: Any = None) -> Components:
     codec_reg = host.lookup("codec", candidate.codec)
     rotation_reg = host.lookup("rotation", candidate.rotation.kind)
     measurements = tuple(host.measurement(m) for m in candidate.measure if host.measurement(m).scope == "tensor")
-    return Components(candidate, codec_reg.obj, rotation_reg.obj, measurements, codec_reg, rotation_reg)
+    choices = tuple(resolve(c.candidate, host) for c in candidate.choices)
+    return Components(candidate, codec_reg.obj, rotation_reg.obj, measurements, codec_reg, rotation_reg, choices)
 
 
 @attrs.frozen
@@ -231,7 +238,9 @@ def _rotated_stats(comp: Components, rot_state: RotationState, stats: LayerStats
 
 def calibrate_matrix(x: np.ndarray, name: str, comp: Components, stats: BlockStats | None = None) -> TensorResult:
     """Fit, encode, decode and measure one 2-D float32 matrix (with its
-    layer statistics in a data-aware candidate)."""
+    layer statistics in a data-aware candidate; a route choice's components
+    compress it when the candidate has one for ``name``)."""
+    comp = comp.for_tensor(name)
     cand = comp.candidate
     split = split_rows(x.shape[0], cand.rows, cand.in_sample, name)
     fitted = fit_reconstruct(x, split.calibration, comp, cand.params, name, tensor_rng(cand.rows.seed, name),
@@ -573,6 +582,12 @@ def _calibrate_one(
         return entry
     if stats is not None and (reshape is not None or stats.fit.hessian.shape[0] != x.shape[1]):
         raise CalibrationError(f"tensor {name!r}: its rows do not match the layer's inputs; cannot use statistics")
+    chosen = comp.for_tensor(name)
+    if chosen is not comp:
+        entry["choice"] = {"candidate": chosen.candidate.name, "codec": _plugin_json(chosen.codec_reg),
+                           "rotation": _plugin_json(chosen.rotation_reg), "config": chosen.candidate.to_json()}
+    entry["candidate"] = chosen.candidate.name
+    comp = chosen
     result = calibrate_matrix(x, name, comp, **({"stats": stats} if stats is not None else {}))
     if keep is not None:
         keep[name] = result.reconstruction
@@ -700,25 +715,30 @@ class ArtifactWeights(Mapping):
 
 def weights_from_config(source: ModelSource, candidate: CandidateConfig, host: Any,
                         tensors: str | None = None,
-                        on_tensor: Callable[[int, int, str], None] | None = None) -> dict[str, np.ndarray]:
+                        on_tensor: Callable[[int, int, str], None] | None = None,
+                        bits: dict[str, float] | None = None) -> dict[str, np.ndarray]:
     """Fit every routed matrix in memory (on its calibration rows, and for a
     data-aware candidate block by block with its layer statistics, exactly as
     `calibrate` does) and keep the reconstructions. ``on_tensor(i, n,
-    name)`` is called before each tensor; an exception it raises stops the fit."""
+    name)`` is called before each tensor; an exception it raises stops the fit.
+    ``bits``, if given, receives each tensor's total bits (codes, overhead, rotation)."""
     comp = resolve(candidate, host)
     selector = tensor_selector(tensors)
     require_selection(selector, source.tensors(), candidate.routes)
-    seed = candidate.rows.seed
     out = {}
 
     def fit_one(info: Any, stats: BlockStats | None) -> np.ndarray | None:
         routed = route_and_read(source, info, candidate, selector)
         if routed.route != "codec":
             return None
-        split = split_rows(routed.rows.shape[0], candidate.rows, candidate.in_sample, info.name)
-        fitted = fit_reconstruct(routed.rows, split.calibration, comp, candidate.params, info.name,
-                                 tensor_rng(seed, info.name), stats=stats.fit if stats is not None else None)
+        chosen = comp.for_tensor(info.name)  # a route choice's components, or the candidate's
+        cand = chosen.candidate
+        split = split_rows(routed.rows.shape[0], cand.rows, cand.in_sample, info.name)
+        fitted = fit_reconstruct(routed.rows, split.calibration, chosen, cand.params, info.name,
+                                 tensor_rng(cand.rows.seed, info.name), stats=stats.fit if stats is not None else None)
         out[info.name] = fitted.reconstruction.reshape(info.shape)
+        if bits is not None:
+            bits[info.name] = fitted.bits["total_bits"]
         return out[info.name]
 
     each_tensor(source, source.tensors(), candidate.calibration, fit_one, on_tensor=on_tensor)
@@ -732,8 +752,9 @@ def reconstruct(entry: dict[str, Any], directory: Path, host: Any, manifest: dic
     """Rebuild one codec-routed tensor from its artifact (float32, source shape)."""
     arrays = artifacts.read_safetensors(directory / entry["files"][0]["file"])
     codes, state, rot = split_arrays(arrays)
-    codec = host.codec(manifest["codec"]["name"])
-    rotation = host.rotation(manifest["rotation"]["name"])
+    plugins = artifacts.compressed_by(entry, manifest)
+    codec = host.codec(plugins["codec"]["name"])
+    rotation = host.rotation(plugins["rotation"]["name"])
     meta = entry["codec_meta"]
     rows = codec.decode(CodecState(state, meta["state"]), Codes(codes, meta["codes"]))
     rows = rotation.invert(RotationState(rot, entry["rotation_meta"]), rows)

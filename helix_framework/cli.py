@@ -83,6 +83,9 @@ def cmd_check(args: argparse.Namespace) -> int:
             label = " (in-sample)" if candidate.in_sample else ""
             print(f"ok  {path}: candidate {candidate.name}{label} codec={candidate.codec} "
                   f"rotation={candidate.rotation.kind} kernel_signature={sig[:16]}")
+            for choice in candidate.choices:
+                c = choice.candidate
+                print(f"    routes /{choice.match}/ -> {c.name} codec={c.codec} rotation={c.rotation.kind}")
         except HelixError as exc:
             failed += 1
             print(f"helix: error: {exc}", file=sys.stderr)
@@ -585,6 +588,33 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return EXIT_FAIL if data["failed"] else EXIT_OK
 
 
+def cmd_allocate(args: argparse.Namespace) -> int:
+    from helix_framework.allocate import allocate
+    from helix_framework.host import get_host
+
+    host = get_host()
+    host.check_strict()
+    summary = allocate(args.model, args.candidates, args.target_bpw, args.out, db=args.db, positions=args.positions,
+                       host=host, progress=not args.json and sys.stderr.isatty())
+    data = summary.to_json()
+    if args.json:
+        _print_json(data)
+        return EXIT_OK
+    rows = []
+    for r in [*data["candidates"], data["mix"]]:
+        rows.append((r["candidate"], f"{r['bits_per_weight']:.4f}",
+                     f"{r['top1']:.4f} [{r['top1_ci_low']:.4f}, {r['top1_ci_high']:.4f}]", f"{r['kl_mean']:.4f}",
+                     "yes" if r["certified"] else "no"))
+    print(_table(rows, ("candidate", "bits/weight", "top-1 [95% interval]", "KL mean", "certified")))
+    c = data["choice"]
+    print(f"mix written to {data['out']}: estimated cost {c['estimated_cost']:.5f} (no choice can go below "
+          f"{c['cost_lower_bound']:.5f}); {data['mix']['positions']} positions; "
+          f"{data['seconds']['total']:.0f} s")
+    for kind, counts in sorted(c["by_kind"].items()):
+        print(f"  {kind}: " + ", ".join(f"{name} x{n}" for name, n in sorted(counts.items())))
+    return EXIT_OK
+
+
 def cmd_frontier(args: argparse.Namespace) -> int:
     from helix_framework.frontier import compute_frontier, load_candidates, plot_frontier
 
@@ -768,6 +798,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="refuse the whole sweep if any point is invalid")
     p.add_argument("--json", action="store_true", help="print the sweep summary as JSON")
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("allocate", help="one candidate per tensor under a bits budget; the mix measured by token agreement")
+    p.add_argument("model", metavar="MODEL", help="an embedded model name (smollm2), a directory or a .gguf file")
+    p.add_argument("--candidates", nargs="+", required=True, metavar="FILE",
+                   help="uniform candidate YAMLs to choose between (the same calibration: section in each)")
+    p.add_argument("--target-bpw", type=float, required=True, metavar="X",
+                   help="average bits per weight of the mix over the routed tensors (codes, scales, codebooks, rotation)")
+    p.add_argument("--out", required=True, metavar="MIX.yaml", help="where the mix config is written (atomically)")
+    p.add_argument("--db", metavar="DIR", help="LanceDB directory: estimates, uniform and mix verdicts; a rerun "
+                   "reuses the estimates stored there")
+    p.add_argument("--positions", type=int, metavar="N", help="token agreement positions of the verdicts (default 2000)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_allocate)
 
     p = sub.add_parser("frontier", help="Pareto frontier of bits per weight against a quality figure")
     p.add_argument("--db", required=True, metavar="DIR", help="the LanceDB directory a sweep wrote")

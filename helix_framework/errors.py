@@ -270,3 +270,20 @@ class AgreementError(HelixError):
 class ReferenceModelError(HelixError):
     """A reference model cannot be built or run (unsupported architecture or
     option, missing tensor, wrong shape, bad input)."""
+
+
+class BudgetError(HelixError):
+    """A bits budget outside what the options can reach; ``low`` and ``high``
+    give the feasible range (in the caller's unit, e.g. bits per weight)."""
+
+    def __init__(self, message: str, *, low: float, high: float, budget: float):
+        self.low, self.high, self.budget = low, high, budget
+        super().__init__(message)
+
+
+class AllocateError(HelixError):
+    """`helix allocate` cannot run with these candidates; ``candidate`` names the file."""
+
+    def __init__(self, message: str, *, candidate: str | None = None):
+        self.candidate = candidate
+        super().__init__(f"{candidate}: {message}" if candidate else message)

@@ -95,7 +95,8 @@ def _plan(entry: dict[str, Any], manifest: dict[str, Any]) -> str:
     """How a tensor is written: ``native`` blocks, ``decoded``, or ``source``."""
     if entry["route"] != "codec":
         return "source"
-    native = (manifest["codec"]["name"] == "gguf" and manifest["rotation"]["name"] == "identity"
+    plugins = artifacts.compressed_by(entry, manifest)
+    native = (plugins["codec"]["name"] == "gguf" and plugins["rotation"]["name"] == "identity"
               and not entry.get("reshape") and len(entry["shape"]) == 2)
     return "native" if native else "decoded"
 

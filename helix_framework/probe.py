@@ -92,8 +92,10 @@ def _layer_stats(source: Any, tensor: str, candidate: CandidateConfig) -> BlockS
 def probe(model: str | Path, tensor: str, candidate: CandidateConfig, rows: list[int | str], host: Any = None) -> list[ProbeRow]:
     """Run the row-count probe on one tensor of ``model`` (a data-aware
     candidate fits with the statistics of the tensor's inputs, collected by
-    the engine through the reference blocks before it)."""
-    comp = resolve(candidate, host)
+    the engine through the reference blocks before it; a config whose routes
+    choose another candidate for the tensor probes that one)."""
+    comp = resolve(candidate, host).for_tensor(tensor)
+    candidate = comp.candidate
     model = resolve_model(model)
     with open_source(model) as source:
         info = source.tensor(tensor)

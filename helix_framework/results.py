@@ -37,9 +37,11 @@ log = logging.getLogger(__name__)
 
 CANDIDATES = "candidates"
 TENSORS = "tensors"
+#: `helix allocate`'s estimates: one row per (candidate, model, estimation windows) and tensor
+ALLOCATIONS = "allocations"
 
 
-def _schemas() -> tuple[Any, Any]:
+def _schemas() -> tuple[Any, Any, Any]:
     import pyarrow as pa
 
     s, f, i, b, ts = pa.string(), pa.float64(), pa.int64(), pa.bool_(), pa.timestamp("us", tz="UTC")
@@ -77,12 +79,16 @@ def _schemas() -> tuple[Any, Any]:
             ("fit_s", f), ("encode_s", f), ("decode_s", f), ("measure_s", f), ("flags", s),
         ]]
     )
-    return candidates, tensors
+    allocations = pa.schema([pa.field(n, t) for n, t in [
+        ("estimate_key", s), ("model_hash", s), ("candidate", s), ("candidate_file", s), ("tensor", s),
+        ("weights", i), ("bits", i), ("block_kl", f), ("output_error", f), ("time", ts),
+    ]])
+    return candidates, tensors, allocations
 
 
 def _schema(name: str) -> Any:
-    candidates, tensors = _schemas()
-    return candidates if name == CANDIDATES else tensors
+    candidates, tensors, allocations = _schemas()
+    return {CANDIDATES: candidates, TENSORS: tensors, ALLOCATIONS: allocations}[name]
 
 
 def _quote(value: str) -> str:

@@ -18,6 +18,7 @@ from helix_framework.config.candidate import (
     CandidateConfig,
     RotationChoice,
     RouteRule,
+    TensorChoice,
     RowsConfig,
     candidate_from_document,
     candidate_from_mapping,
@@ -29,6 +30,6 @@ from helix_framework.config.files import is_sweep, read_config_file
 from helix_framework.yaml_loading import YamlDocument, load_yaml
 from helix_jit.cache import canonical_json
 
-__all__ = ["ROUTES", "CalibrationConfig", "CandidateConfig", "RotationChoice", "RouteRule", "RowsConfig",
+__all__ = ["ROUTES", "CalibrationConfig", "CandidateConfig", "RotationChoice", "RouteRule", "RowsConfig", "TensorChoice",
            "YamlDocument", "candidate_from_document", "candidate_from_mapping", "canonical_json", "converter",
            "is_sweep", "kernel_signature", "load_candidate", "load_yaml", "read_config_file", "structure"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal, Mapping
@@ -123,6 +124,20 @@ class CandidateConfig:
     calibration: CalibrationConfig | None = None
     error_feedback: Any = None
     source: str | None = attrs.field(default=None, eq=False)
+    choices: tuple[TensorChoice, ...] = ()
+
+    def choice_index(self, name: str) -> int | None:
+        """The index of the first `TensorChoice` whose regex is found in ``name``, or None."""
+        for i, choice in enumerate(self.choices):
+            if re.search(choice.match, name):
+                return i
+        return None
+
+    def for_tensor(self, name: str) -> CandidateConfig:
+        """The candidate that compresses tensor ``name``: its route choice's
+        (with this config's routes, calibration and measurements), or this one."""
+        i = self.choice_index(name)
+        return self if i is None else self.choices[i].candidate
 
     def to_json(self) -> dict[str, Any]:
         """JSON-safe form (what manifests and result tables store)."""
@@ -135,12 +150,36 @@ class CandidateConfig:
             "measure": list(self.measure),
             "notes": self.notes,
             "in_sample": self.in_sample,
-            "routes": [converter.unstructure(r) for r in self.routes],
+            "routes": [converter.unstructure(r) for r in self.routes] + [c.to_json() for c in self.choices],
         }
         if self.calibration is not None:
             out["calibration"] = converter.unstructure(self.calibration)
         if self.error_feedback is not None:
             out["error_feedback"] = converter.unstructure(self.error_feedback)
+        return out
+
+
+@attrs.frozen
+class TensorChoice:
+    """A ``routes:`` rule that chooses how the tensors it matches are compressed.
+
+    ``{match, candidate: FILE.yaml or a mapping}`` or ``{match, codec, params,
+    rotation}``; ``candidate`` is the resolved config (it carries the
+    enclosing config's routes, calibration and measurements); ``file`` the
+    YAML it came from, if any. It never changes a tensor's route: norms and
+    embeddings stay as the route rules and defaults leave them.
+    """
+
+    match: str
+    candidate: CandidateConfig
+    file: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        inner = self.candidate.to_json()
+        inner.pop("routes")
+        out: dict[str, Any] = {"match": self.match, "candidate": inner}
+        if self.file is not None:
+            out["file"] = self.file
         return out
 
 
@@ -156,7 +195,7 @@ class _CandidateShape:
     measure: tuple[str, ...] = ("rel_l2",)
     notes: str = ""
     in_sample: bool = False
-    routes: tuple[RouteRule, ...] = ()
+    routes: Any = ()
     calibration: Any = None
     error_feedback: Any = None
 
@@ -168,14 +207,20 @@ def load_candidate(path: str | Path, host: Any = None) -> CandidateConfig:
 
 def candidate_from_document(doc: YamlDocument, host: Any = None) -> CandidateConfig:
     """Validate a candidate read by `read_config_file`; errors carry its lines."""
+    base = os.path.dirname(doc.file) if doc.file else None
     try:
-        return attrs.evolve(candidate_from_mapping(doc.data, host), source=doc.file)
+        return attrs.evolve(candidate_from_mapping(doc.data, host, base_dir=base), source=doc.file)
     except ConfigError as exc:
         raise doc.error(exc) from None
 
 
-def candidate_from_mapping(data: Any, host: Any = None) -> CandidateConfig:
-    """Validate and convert an already-loaded mapping (paths, no lines)."""
+def candidate_from_mapping(data: Any, host: Any = None, *, base_dir: str | None = None) -> CandidateConfig:
+    """Validate and convert an already-loaded mapping (paths, no lines).
+
+    ``base_dir``: where ``candidate:`` files named in ``routes`` are looked
+    for first (the directory of the config that names them), before the
+    current directory.
+    """
     from helix_framework.errors import UnknownNameError
 
     if host is None:
@@ -217,7 +262,8 @@ def candidate_from_mapping(data: Any, host: Any = None) -> CandidateConfig:
         except UnknownNameError as exc:
             raise ConfigError(str(exc), path=f"$.measure[{i}]") from None
     calibration, feedback = _data_aware(shape, codec, host)
-    return CandidateConfig(
+    routes, choice_rules = _split_routes(shape.routes)
+    result = CandidateConfig(
         name=shape.name,
         codec=shape.codec,
         params=params,
@@ -226,10 +272,115 @@ def candidate_from_mapping(data: Any, host: Any = None) -> CandidateConfig:
         measure=shape.measure,
         notes=shape.notes,
         in_sample=shape.in_sample,
-        routes=shape.routes,
+        routes=routes,
         calibration=calibration,
         error_feedback=feedback,
     )
+    if not choice_rules:
+        return result
+    choices = tuple(_choice(i, rule, data, result, host, base_dir) for i, rule in choice_rules)
+    return attrs.evolve(result, choices=choices)
+
+
+def _split_routes(value: Any) -> tuple[tuple[RouteRule, ...], list[tuple[int, Mapping[str, Any]]]]:
+    """Route rules (``route:``) and the choice rules (``candidate:`` / ``codec:``) with their indices."""
+    if value is None:
+        return (), []
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"expected a list of rules, got {type_name(value)}", path="$.routes")
+    routes, choices = [], []
+    for i, rule in enumerate(value):
+        at = f"$.routes[{i}]"
+        if not isinstance(rule, Mapping):
+            raise ConfigError(f"expected a mapping with match and route, candidate or codec, got {type_name(rule)}",
+                              path=at)
+        kinds = [k for k in ("route", "candidate", "codec") if k in rule]
+        if len(kinds) != 1:
+            raise ConfigError("a rule has exactly one of route, candidate or codec"
+                              + (f" (it has {', '.join(kinds)})" if kinds else ""), path=at)
+        if kinds[0] == "route":
+            routes.append(structure(dict(rule), RouteRule, path=at))
+        else:
+            match = rule.get("match")
+            if not isinstance(match, str):
+                raise ConfigError(f"expected a regular expression string, got {type_name(match)}", path=f"{at}.match")
+            try:
+                re.compile(match)
+            except re.error as exc:
+                raise ConfigError(f"invalid regular expression: {exc}", path=f"{at}.match") from None
+            choices.append((i, rule))
+    return tuple(routes), choices
+
+
+_CHOICE_KEYS = {"candidate": {"match", "candidate", "file"}, "codec": {"match", "codec", "params", "rotation", "name"}}
+
+
+def _choice(i: int, rule: Mapping[str, Any], data: Mapping[str, Any], mix: CandidateConfig, host: Any,
+            base_dir: str | None) -> TensorChoice:
+    at = f"$.routes[{i}]"
+    kind = "candidate" if "candidate" in rule else "codec"
+    extra = sorted(set(rule) - _CHOICE_KEYS[kind])
+    if extra:
+        raise ConfigError(f"unknown key(s) {', '.join(map(str, extra))} in a {kind} rule "
+                          f"(allowed: {', '.join(sorted(_CHOICE_KEYS[kind]))})", path=at)
+    file = None
+    if kind == "codec":
+        # the enclosing config with its codec (and rotation, if given) replaced
+        mapping = {k: v for k, v in data.items() if k != "routes"}
+        mapping.update({"name": rule.get("name", f"{mix.name}[{i}]"), "codec": rule["codec"],
+                        "params": rule.get("params")})
+        if "rotation" in rule:
+            mapping["rotation"] = rule["rotation"]
+        try:
+            sub = candidate_from_mapping(mapping, host)
+        except ConfigError as exc:
+            raise exc.located(prefix=at) from None
+    else:
+        value = rule["candidate"]
+        if isinstance(value, str):
+            file = _find_candidate_file(value, base_dir, f"{at}.candidate")
+            try:
+                sub = load_candidate(file, host)
+            except ConfigError as exc:
+                raise ConfigError(f"candidate {value}: {exc}", path=f"{at}.candidate") from None
+        elif isinstance(value, Mapping):
+            file = rule.get("file") if isinstance(rule.get("file"), str) else None  # informational, as to_json writes it
+            try:
+                sub = candidate_from_mapping(value, host, base_dir=base_dir)
+            except ConfigError as exc:
+                raise exc.located(prefix=f"{at}.candidate") from None
+        else:
+            raise ConfigError(f"expected a candidate file name or mapping, got {type_name(value)}",
+                              path=f"{at}.candidate")
+        if sub.choices:
+            raise ConfigError(f"candidate {sub.name!r} is a mix itself (candidate or codec routes); a candidate "
+                              "named in routes must be uniform", path=f"{at}.candidate")
+        if sub.routes and sub.routes != mix.routes:
+            raise ConfigError(f"candidate {sub.name!r} has route rules other than this config's; the enclosing "
+                              "config routes every tensor: give both the same rules, or none in the candidate",
+                              path=f"{at}.candidate")
+        if sub.calibration is not None and mix.calibration is None:
+            raise ConfigError(f"candidate {sub.name!r} is data-aware: give this config the same calibration: "
+                              "section (one calibration pass serves every tensor)", path=f"{at}.candidate")
+        if sub.calibration is not None and sub.calibration != mix.calibration:
+            raise ConfigError(f"candidate {sub.name!r} is calibrated on other text or windows than this config "
+                              "(one calibration pass serves every tensor): give both the same calibration: section",
+                              path=f"{at}.candidate")
+        if sub.error_feedback is not None and mix.calibration is None:
+            raise ConfigError(f"candidate {sub.name!r} uses error feedback, which needs layer statistics: "
+                              "add a calibration: section to this config", path=f"{at}.candidate")
+    sub = attrs.evolve(sub, routes=mix.routes, calibration=mix.calibration, measure=mix.measure)
+    return TensorChoice(rule["match"], sub, file)
+
+
+def _find_candidate_file(value: str, base_dir: str | None, at: str) -> str:
+    """``value`` relative to the naming config's directory, else to the current one."""
+    for base in ([base_dir] if base_dir else []) + [""]:
+        path = os.path.join(base, value)
+        if os.path.isfile(path):
+            return os.path.normpath(path)
+    raise ConfigError(f"candidate file {value!r} not found"
+                      + (f" (looked in {base_dir} and the current directory)" if base_dir else ""), path=at)
 
 
 def _data_aware(shape: _CandidateShape, codec: Any, host: Any) -> tuple[Any, Any]:
@@ -318,4 +469,6 @@ def kernel_signature(candidate: CandidateConfig, host: Any = None) -> str:
         "rotation_version": host.rotation(candidate.rotation.kind).version,
         "rotation_params": _codegen_fields(candidate.rotation.params),
     }
+    if candidate.choices:
+        payload["choices"] = [[c.match, kernel_signature(c.candidate, host)] for c in candidate.choices]
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()

@@ -116,12 +116,28 @@ def _config_data(value: Any, key: str) -> tuple[Any, Any]:
     raise RequestError(400, "expected YAML text or a JSON object", key)
 
 
+def _rooted_route_files(lab: Lab, data: Any, key: str) -> Any:
+    """``data`` with every ``routes[].candidate`` file name resolved inside the
+    server's roots (403 outside): a config in a request reads no other file."""
+    if isinstance(data, list):
+        return [_rooted_route_files(lab, v, key) for v in data]
+    if not isinstance(data, dict):
+        return data
+    out = {k: _rooted_route_files(lab, v, key) for k, v in data.items()}
+    routes = out.get("routes")
+    for rule in routes if isinstance(routes, list) else []:
+        if isinstance(rule, dict) and isinstance(rule.get("candidate"), str):
+            rule["candidate"] = str(lab.roots.path(rule["candidate"], key))
+    return out
+
+
 def _candidate(lab: Lab, value: Any, key: str) -> tuple[Any, Any]:
     """(CandidateConfig, plain data) of a request's candidate, errors located at ``key``."""
     from helix_framework.config import candidate_from_mapping
 
     try:
         data, doc = _config_data(value, key)
+        data = _rooted_route_files(lab, data, key)
         try:
             return candidate_from_mapping(data, lab.host), data
         except ConfigError as exc:
@@ -206,6 +222,7 @@ async def check(request: Request) -> JSONResponse:
             except UnicodeDecodeError:
                 raise RequestError(400, "the body is not UTF-8 text", "$") from None
             doc = load_yaml(text)
+        doc = YamlDocument(_rooted_route_files(lab, doc.data, "$"), doc.lines, doc.file)
         if is_sweep(doc):
             spec = sweep_from_mapping(doc.data, lab.host) if is_json else sweep_from_document(doc, lab.host)
             return _json({"ok": True, "kind": "sweep", "name": spec.name, "points": spec.cardinality,

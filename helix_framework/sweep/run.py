@@ -128,7 +128,9 @@ def run_sweep(
         env = {k: os.environ[k] for k in WORKER_ENV if k in os.environ}
         if n_jobs > 1 and "HELIX_JIT_THREADS" not in env:
             env["HELIX_JIT_THREADS"] = "1"  # the workers already use every core
-        tasks = [{"mapping": p.mapping, "model": str(path), "tensors": spec.tensors,
+        # a point with route choices travels resolved (inline candidates): a worker's
+        # directory is not the sweep file's, where candidate files are looked up
+        tasks = [{"mapping": p.candidate.to_json() if p.candidate.choices else p.mapping, "model": str(path), "tensors": spec.tensors,
                   "positions": spec.agreement.positions, "window": spec.agreement.window, "env": env} for p in todo]
         emit("start", {"points": len(points), "valid": len(valid), "invalid": len(invalid),
                        "already_done": len(valid) - len(todo), "to_run": len(todo), "workers": n_jobs,

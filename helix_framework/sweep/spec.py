@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import hashlib
 import itertools
 import json
@@ -251,7 +253,8 @@ def expand(spec: SweepSpec, host: Any = None) -> list[Point]:
     for i, values in enumerate(iter_points(spec)):
         mapping = point_mapping(spec, i, values)
         try:
-            cand = candidate_from_mapping(mapping, host)
+            cand = candidate_from_mapping(mapping, host,
+                                          base_dir=os.path.dirname(spec.source) if spec.source else None)
         except ConfigError as exc:
             out.append(Point(i, values, mapping, error=f"{exc.path}: {exc.message}"))
             continue
