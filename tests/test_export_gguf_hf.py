@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from helix_framework import artifacts
-from helix_framework.agree import token_windows, weights_from_artifacts
+from helix_framework.agree import token_windows
+from helix_framework.calibrate import weights_from_artifacts
 from helix_framework.calibrate import reconstruct
 from helix_framework.cli import main
 from helix_framework.errors import ExportError

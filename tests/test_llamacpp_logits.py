@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helix_framework.agree import token_windows, weights_from_artifacts
+from helix_framework.agree import token_windows
+from helix_framework.calibrate import weights_from_artifacts
 from helix_framework.cli import main
 from helix_framework.export_gguf import write_f32_copy
 from helix_framework.host import Host
