@@ -230,7 +230,7 @@ def forward_steps(
     for layer in _progress(range(model.n_layers), progress, f"{phase} blocks"):
         if on_step is not None:
             on_step(phase, layer, model.n_layers)
-        h = [model.block_windows(layer, x[None])[0] for x in h]
+        h = model.block_each(layer, h)
         release_loaded(model)
         yield h
 
@@ -238,8 +238,7 @@ def forward_steps(
 def head_logits(model: object, hidden: Sequence[np.ndarray]) -> Iterator[np.ndarray]:
     """Logits ``[T, vocab]`` of each window's last hidden states, one window
     at a time (a window's logits are the largest array of a pass)."""
-    for h in hidden:
-        yield model.head_window(h)
+    yield from model.head_each(hidden)
     release_loaded(model)
 
 

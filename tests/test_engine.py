@@ -144,6 +144,62 @@ def test_forward_steps_are_the_hidden_states_with_one_block_loaded(path):
         np.testing.assert_allclose(logits, eager.forward(ids[b]), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("threads", ["2", "3"])
+def test_windows_on_threads_give_the_same_bytes_as_on_one(path, monkeypatch, threads):
+    from helix_framework.engine import forward_steps, head_logits
+
+    rng = np.random.default_rng(4)
+    ids = [rng.integers(0, 61, t) for t in (9, 17, 4, 13, 1)]
+
+    def run():
+        model = load_model(path, lazy=True)
+        steps = list(forward_steps(model, ids))
+        return steps, list(head_logits(model, steps[-1]))
+
+    monkeypatch.setenv("HELIX_THREADS", "1")
+    one_steps, one_logits = run()
+    monkeypatch.setenv("HELIX_THREADS", threads)
+    many_steps, many_logits = run()
+    for a, b in zip(one_steps + [one_logits], many_steps + [many_logits], strict=True):
+        for x, y in zip(a, b, strict=True):  # window order kept, numbers identical to the bit
+            assert x.shape == y.shape and x.tobytes() == y.tobytes()
+
+
+def test_windows_run_in_order_with_at_most_threads_results_held():
+    import threading
+    import time
+
+    from helix_framework.reference.base import map_in_order
+
+    lock, running, peak, made = threading.Lock(), [0], [0], []
+
+    def work(i):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.02 * (i % 3))  # later items may finish first
+        with lock:
+            running[0] -= 1
+            made.append(i)
+        return i * i
+
+    got = []
+    for r in map_in_order(work, list(range(9)), threads=3):
+        assert len(made) - len(got) <= 3  # computed but not yet taken: bounded
+        got.append(r)
+    assert got == [i * i for i in range(9)] and 2 <= peak[0] <= 3
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "two", "1.5"])
+def test_a_bad_thread_count_is_refused_naming_the_variable(monkeypatch, value):
+    from helix_framework.errors import ReferenceModelError
+    from helix_framework.reference.base import window_threads
+
+    monkeypatch.setenv("HELIX_THREADS", value)
+    with pytest.raises(ReferenceModelError, match="HELIX_THREADS"):
+        window_threads()
+
+
 def _agreement_by_whole_forwards(path, weights, windows):
     """What `agree` computed before the engine: each window through the whole
     reference and the whole candidate model."""

@@ -15,9 +15,13 @@ a compressed-domain matvec) without touching the forward code.
 from __future__ import annotations
 
 import abc
+import collections
 import contextlib
 import logging
-from typing import Any, Callable, Iterable, Iterator, Mapping
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 import attrs
 import numpy as np
@@ -61,6 +65,46 @@ def blas_threads(n: int | None) -> contextlib.AbstractContextManager[Any]:
 
 
 _warned_threadpoolctl = False
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+_END = object()
+
+
+def window_threads() -> int:
+    """Threads a forward pass spreads its independent windows over:
+    ``$HELIX_THREADS``, else the cores this process may run on.
+
+    Each thread runs whole windows with one BLAS thread, so the cores work
+    without OpenBLAS's spinning (see `DEFAULT_BLAS_THREADS`) and a window's
+    numbers do not depend on the thread count. Raises ReferenceModelError,
+    naming the variable, for anything but a positive integer.
+    """
+    env = os.environ.get("HELIX_THREADS", "").strip()
+    if not env:
+        return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    if not env.isdecimal() or int(env) < 1:
+        raise ReferenceModelError(f"HELIX_THREADS must be a positive integer (threads per forward pass); got {env!r}")
+    return int(env)
+
+
+def map_in_order(fn: Callable[[_T], _R], items: Sequence[_T], threads: int) -> Iterator[_R]:
+    """``fn`` of each item, yielded in order, computed on up to ``threads``
+    threads with at most ``threads`` results waiting (a window's logits are
+    the largest array of a pass, so they are not all computed ahead)."""
+    if threads <= 1 or len(items) <= 1:
+        for item in items:
+            yield fn(item)
+        return
+    with ThreadPoolExecutor(min(threads, len(items)), thread_name_prefix="helix-window") as pool:
+        pending = collections.deque(pool.submit(fn, item) for item in items[:threads])
+        rest = iter(items[threads:])
+        while pending:
+            result = pending.popleft().result()
+            nxt = next(rest, _END)
+            if nxt is not _END:
+                pending.append(pool.submit(fn, nxt))
+            yield result
 
 
 
@@ -285,12 +329,17 @@ class LazyWeights(dict):
         self.shapes = dict(shapes)
         self._provider = provider
         self._overrides = overrides
+        # Windows run on several threads; a source's reader is not made for concurrent reads.
+        self._read_lock = threading.Lock()
 
     def __missing__(self, name: str) -> np.ndarray:
         if name not in self.shapes:
             raise KeyError(name)
-        arr = gather_weights([name], self._provider, self._overrides, self.shapes)[name]
-        self[name] = arr
+        with self._read_lock:
+            if dict.__contains__(self, name):  # another thread read it meanwhile
+                return dict.__getitem__(self, name)
+            arr = gather_weights([name], self._provider, self._overrides, self.shapes)[name]
+            self[name] = arr
         return arr
 
     def __contains__(self, name: object) -> bool:
@@ -450,16 +499,35 @@ class DecoderModel(ReferenceModel):
     def block_windows(self, layer: int, h: np.ndarray) -> np.ndarray:
         """Block ``layer`` on every window of ``h [B, T, hidden]`` (each
         window from position 0, its own KV cache); returns the new states."""
-        out = np.empty_like(h)
-        with blas_threads(self.blas_threads):
-            for b in range(h.shape[0]):
-                out[b] = self._block(layer, h[b], 0, self.new_cache())
-        return out
+        return np.stack(self.block_each(layer, list(h)))
+
+    def block_each(self, layer: int, hs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Block ``layer`` on each window ``[T_i, hidden]`` of ``hs`` (lengths
+        may differ; each from position 0 with its own KV cache), the windows
+        spread over `window_threads` threads (see `_window_threads`)."""
+        threads = self._window_threads(len(hs))
+        with blas_threads(1 if threads > 1 else self.blas_threads):
+            return list(map_in_order(lambda x: self._block(layer, x, 0, self.new_cache()), hs, threads))
 
     def head_window(self, h: np.ndarray) -> np.ndarray:
         """Final norm and head of one window ``h [T, hidden]`` -> logits ``[T, vocab]``."""
         with blas_threads(self.blas_threads):
             return self._final(h)
+
+    def head_each(self, hs: Sequence[np.ndarray]) -> Iterator[np.ndarray]:
+        """Logits ``[T_i, vocab]`` of each window's last states, in order,
+        computed on `window_threads` threads with at most that many held."""
+        threads = self._window_threads(len(hs))
+        with blas_threads(1 if threads > 1 else self.blas_threads):
+            yield from map_in_order(self._final, hs, threads)
+
+    def _window_threads(self, n: int) -> int:
+        """Threads for ``n`` windows: one while anything observes or replaces
+        a layer (statistics are summed in window order, and compiled kernels
+        split their own rows over threads), else `window_threads`."""
+        if n < 2 or self.linear_observer is not None or self._linear_overrides:
+            return 1
+        return min(n, window_threads())
 
     def run(
         self, token_ids: Iterable[int] | np.ndarray, cache: KVCache, *, return_hidden: bool = False

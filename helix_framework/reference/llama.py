@@ -347,8 +347,8 @@ class LlamaModel(DecoderModel):
         self.weights = weights
         self._act = activation(config.hidden_act)
         self._inv_freq = inverse_frequencies(config)
-        self._cos = np.empty((0, config.head_dim // 2), F32)
-        self._sin = np.empty((0, config.head_dim // 2), F32)
+        # (cos, sin), replaced as one value: windows on other threads may be reading it.
+        self._rope = (np.empty((0, config.head_dim // 2), F32), np.empty((0, config.head_dim // 2), F32))
         self._scale = F32(1.0 / math.sqrt(config.head_dim))
         c = config
         q_out, kv_out = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
@@ -457,14 +457,14 @@ class LlamaModel(DecoderModel):
         return KVCache(self.config.n_layers, self.config.n_kv_heads, self.config.head_dim)
 
     def _rope_table(self, end: int) -> tuple[np.ndarray, np.ndarray]:
-        if end > self._cos.shape[0]:
-            n = max(end, 2 * self._cos.shape[0], 256)
+        rope = self._rope
+        if end > rope[0].shape[0]:
+            n = max(end, 2 * rope[0].shape[0], 256)
             # Angles in float64, then float32: position x frequency loses
             # digits in float32 at long contexts.
             ang = np.arange(n, dtype=np.float64)[:, None] * self._inv_freq[None, :]
-            self._cos = np.cos(ang).astype(F32)
-            self._sin = np.sin(ang).astype(F32)
-        return self._cos, self._sin
+            self._rope = rope = (np.cos(ang).astype(F32), np.sin(ang).astype(F32))
+        return rope
 
     def _embed(self, ids: np.ndarray, start: int) -> np.ndarray:
         return self.weights[self.names.embed][ids]

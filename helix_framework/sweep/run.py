@@ -126,8 +126,9 @@ def run_sweep(
         n_jobs = max(1, min(jobs or os.cpu_count() or 1, len(todo) or 1))
         run_id = uuid.uuid4().hex
         env = {k: os.environ[k] for k in WORKER_ENV if k in os.environ}
-        if n_jobs > 1 and "HELIX_JIT_THREADS" not in env:
-            env["HELIX_JIT_THREADS"] = "1"  # the workers already use every core
+        if n_jobs > 1:  # the workers already use every core
+            env.setdefault("HELIX_JIT_THREADS", "1")
+            env.setdefault("HELIX_THREADS", "1")
         # a point with route choices travels resolved (inline candidates): a worker's
         # directory is not the sweep file's, where candidate files are looked up
         tasks = [{"mapping": p.candidate.to_json() if p.candidate.choices else p.mapping, "model": str(path), "tensors": spec.tensors,

@@ -25,7 +25,7 @@ MAX_POINTS = 10_000
 #: top-level candidate keys an axis or fixed key may name; anything else is a codec param
 CANDIDATE_KEYS = ("params", "rotation", "rows", "in_sample", "routes")
 #: environment passed on to workers (Ray workers do not inherit the driver's)
-WORKER_ENV = ("HELIX_JIT_CACHE_DIR", "HELIX_CACHE_DIR", "HELIX_JIT_DISABLE", "HELIX_JIT_THREADS")
+WORKER_ENV = ("HELIX_JIT_CACHE_DIR", "HELIX_CACHE_DIR", "HELIX_JIT_DISABLE", "HELIX_JIT_THREADS", "HELIX_THREADS")
 
 
 # -- the sweep file ------------------------------------------------------------
