@@ -61,6 +61,8 @@ def main() -> None:
 
     from threadpoolctl import threadpool_limits
 
+    os.environ["HELIX_THREADS"] = str(args.threads)  # windows over as many threads as the floor's GEMM uses
+
     from helix_framework.agree import agree
     from helix_framework.calibrate import weights_from_config
     from helix_framework.config import load_candidate

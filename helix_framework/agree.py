@@ -392,13 +392,18 @@ def agree(
         ref_h = ref_hidden.rows(step, step + 1)[0].astype(np.float64)
         err[step] = ((np.concatenate(h).astype(np.float64) - ref_h) ** 2).sum()
         norm[step] = (ref_h**2).sum()
+    starts = np.cumsum([0] + [w.ids.size for w in windows])
+
+    def score(i: int, logits: np.ndarray) -> AgreementAccumulator:  # on the thread that made the logits
+        sc, at = windows[i].scored, int(starts[i])
+        part = AgreementAccumulator()
+        part.add(ref_logits.rows(at + sc.start, at + sc.stop), logits[sc], windows[i].next_ids[sc],
+                 np.arange(at + sc.start, at + sc.stop))
+        return part
+
     acc = AgreementAccumulator()
-    offset = 0
-    for w, logits in zip(windows, head_logits(candidate, h)):
-        sc = w.scored
-        acc.add(ref_logits.rows(offset + sc.start, offset + sc.stop), logits[sc], w.next_ids[sc],
-                np.arange(offset + sc.start, offset + sc.stop))
-        offset += w.ids.size
+    for part in head_logits(candidate, h, then=score):
+        acc.extend(part)  # in window order, whichever thread finished first
     result = acc.result().to_json()
     result["per_layer"] = [float(np.sqrt(e / n)) if n > 0 else 0.0 for e, n in zip(err, norm)]
     used = sorted({w.prompt for w in windows})

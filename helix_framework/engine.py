@@ -235,10 +235,13 @@ def forward_steps(
         yield h
 
 
-def head_logits(model: object, hidden: Sequence[np.ndarray]) -> Iterator[np.ndarray]:
-    """Logits ``[T, vocab]`` of each window's last hidden states, one window
-    at a time (a window's logits are the largest array of a pass)."""
-    yield from model.head_each(hidden)
+def head_logits(model: object, hidden: Sequence[np.ndarray],
+                then: Callable[[int, np.ndarray], Any] | None = None) -> Iterator[Any]:
+    """Logits ``[T, vocab]`` of each window's last hidden states, in order
+    and a few windows at a time (a window's logits are the largest array of
+    a pass); with ``then``, ``then(i, logits)`` of each window instead,
+    computed on the thread that made the logits (see `DecoderModel.head_each`)."""
+    yield from model.head_each(hidden, then)
     release_loaded(model)
 
 

@@ -143,6 +143,14 @@ class AgreementAccumulator:
         self._dp.append(np.exp(lc) - np.exp(lr))
         self._positions.append(np.asarray(positions))
 
+    def extend(self, other: AgreementAccumulator) -> None:
+        """Append ``other``'s positions after this one's (windows scored apart, merged in order)."""
+        for mine, theirs in zip(self._lists(), other._lists(), strict=True):
+            mine.extend(theirs)
+
+    def _lists(self) -> tuple[list[np.ndarray], ...]:
+        return self._top1, self._top5, self._kl, self._nll_ref, self._nll_cand, self._dp, self._positions
+
     @property
     def positions(self) -> int:
         return int(sum(a.size for a in self._top1))

@@ -514,12 +514,19 @@ class DecoderModel(ReferenceModel):
         with blas_threads(self.blas_threads):
             return self._final(h)
 
-    def head_each(self, hs: Sequence[np.ndarray]) -> Iterator[np.ndarray]:
+    def head_each(self, hs: Sequence[np.ndarray], then: Callable[[int, np.ndarray], Any] | None = None) -> Iterator[Any]:
         """Logits ``[T_i, vocab]`` of each window's last states, in order,
-        computed on `window_threads` threads with at most that many held."""
+        computed on `window_threads` threads with at most that many held;
+        with ``then``, ``then(i, logits)`` of window ``i`` instead, run on the
+        same thread (so a window's scoring overlaps the next one's head)."""
         threads = self._window_threads(len(hs))
+
+        def one(i: int) -> Any:
+            logits = self._final(hs[i])
+            return logits if then is None else then(i, logits)
+
         with blas_threads(1 if threads > 1 else self.blas_threads):
-            yield from map_in_order(self._final, hs, threads)
+            yield from map_in_order(one, range(len(hs)), threads)
 
     def _window_threads(self, n: int) -> int:
         """Threads for ``n`` windows: one while anything observes or replaces
