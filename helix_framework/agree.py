@@ -20,6 +20,7 @@ minimum reported).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -35,7 +36,7 @@ from helix_framework import artifacts
 from helix_framework.config import canonical_json
 from helix_framework.engine import StepCallback
 from helix_framework.errors import AgreementError
-from helix_framework.measure.agreement import MIN_POSITIONS, AgreementAccumulator
+from helix_framework.measure.agreement import CHUNK, MIN_POSITIONS, AgreementAccumulator, ReferenceChunk
 from helix_framework.prompts import Prompt, load_prompts
 from helix_framework.sources import ModelSource
 
@@ -271,6 +272,44 @@ class NpySlices:
         return out.reshape(*self.shape[:axis], n, *self.shape[axis + 1:])
 
 
+class ArrayRows:
+    """`NpySlices`'s ``rows`` over an array in memory (views, no copies)."""
+
+    def __init__(self, array: np.ndarray):
+        self.array, self.shape = array, array.shape
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        return self.array[start:stop]
+
+
+class WarmReference:
+    """A reference's outputs held in memory across `agree` calls (``helix
+    serve``'s warm state): its logits and hidden states, and the statistics
+    of each scored chunk of logits (`ReferenceChunk`), computed once."""
+
+    def __init__(self, logits: NpySlices, hidden: NpySlices):
+        self.logits = ArrayRows(logits.rows(0, logits.shape[0]))
+        self.hidden = ArrayRows(hidden.rows(0, hidden.shape[0]))
+        self._chunks: dict[tuple[int, int], ReferenceChunk] = {}
+
+    def chunk(self, start: int, stop: int) -> ReferenceChunk:
+        """Statistics of logits rows ``[start, stop)`` (concurrent callers may both compute them once)."""
+        got = self._chunks.get((start, stop))
+        if got is None:
+            got = self._chunks[(start, stop)] = ReferenceChunk.from_logits(self.logits.rows(start, stop))
+        return got
+
+    @property
+    def nbytes(self) -> int:
+        return (self.logits.array.nbytes + self.hidden.array.nbytes
+                + sum(c.p.nbytes + c.offset.nbytes + c.top1.nbytes for c in list(self._chunks.values())))
+
+
+#: ``(cache key, compute) -> WarmReference``: how `agree` asks a warm store for
+#: the reference's outputs; ``compute()`` gives them from the disk cache (or computes them).
+ReferenceStore = Callable[[str, Callable[[], "tuple[NpySlices, NpySlices]"]], WarmReference]
+
+
 def reference_outputs(
     build_model: Callable[[], Any], source: ModelSource, windows: list[Window], key: str,
     on_step: StepCallback | None = None,
@@ -344,6 +383,7 @@ def agree(
     linears: dict[str, Any] | None = None,
     text: Prompt | None = None,
     on_step: StepCallback | None = None,
+    reference_store: ReferenceStore | None = None,
 ) -> AgreeReport:
     """Compare the reference model with the same model carrying ``weights``;
     ``linears`` (from `adc_linears`) replace those layers' matrix products.
@@ -358,7 +398,10 @@ def agree(
     family allows it: only one block's weights are in memory at a time
     (``weights`` may be a lazy mapping such as `calibrate.weights_from_artifacts`
     gives). ``on_step(phase, i, n)`` is called before every block of either
-    pass (see `engine.forward_steps`); an exception it raises stops the run."""
+    pass (see `engine.forward_steps`); an exception it raises stops the run.
+    ``reference_store`` keeps the reference's outputs in memory between
+    calls (see `WarmReference`); without it they are read from the disk
+    cache in slices."""
     from helix_framework.engine import forward_steps, head_logits
     from helix_framework.models import resolve_model
     from helix_framework.reference import load_model, load_tokenizer
@@ -384,7 +427,9 @@ def agree(
     else:
         windows = token_windows(tokenizer, prompts, positions, window)
     key = _cache_key(source, prompts, positions, window, text=text is not None)
-    ref_logits, ref_hidden = reference_outputs(lambda: load_model(source, lazy=lazy), source, windows, key, on_step)
+    compute = functools.partial(reference_outputs, lambda: load_model(source, lazy=lazy), source, windows, key, on_step)
+    warm = reference_store(key, compute) if reference_store is not None else None
+    ref_logits, ref_hidden = (warm.logits, warm.hidden) if warm is not None else compute()
     t2 = time.perf_counter()
     err = np.zeros(ref_hidden.shape[0])
     norm = np.zeros(ref_hidden.shape[0])
@@ -397,8 +442,10 @@ def agree(
     def score(i: int, logits: np.ndarray) -> AgreementAccumulator:  # on the thread that made the logits
         sc, at = windows[i].scored, int(starts[i])
         part = AgreementAccumulator()
-        part.add(ref_logits.rows(at + sc.start, at + sc.stop), logits[sc], windows[i].next_ids[sc],
-                 np.arange(at + sc.start, at + sc.stop))
+        for lo in range(sc.start, sc.stop, CHUNK):  # the chunks `add` would cut, so warm or not the sums are equal
+            hi = min(lo + CHUNK, sc.stop)
+            ref = warm.chunk(at + lo, at + hi) if warm is not None else ref_logits.rows(at + lo, at + hi)
+            part.add(ref, logits[lo:hi], windows[i].next_ids[lo:hi], np.arange(at + lo, at + hi))
         return part
 
     acc = AgreementAccumulator()

@@ -265,6 +265,33 @@ def test_agree_block_by_block_equals_whole_forwards_and_stops_between_blocks(pat
     assert steps == [("candidate", 0), ("candidate", 1)]
 
 
+def test_agree_with_warm_reference_outputs_gives_the_same_figures_without_the_disk(path, word_tokens, tmp_path,
+                                                                                   monkeypatch):
+    import shutil
+
+    from helix_framework.agree import WarmReference, agree
+
+    monkeypatch.setenv("HELIX_CACHE_DIR", str(tmp_path / "cache"))
+    eager = load_model(path)
+    weights = {n: np.rint(w * 4) / 4 for n, w in eager.weights.items() if n.endswith("proj.weight")}
+    run = dict(weights=weights, candidate_name="coarse", positions=300, window=200)  # 200 > CHUNK: chunked
+    cold = agree(path, **run).result
+    held, computed = {}, []
+
+    def store(key, compute):
+        if key not in held:
+            computed.append(key)
+            held[key] = WarmReference(*compute())
+        return held[key]
+
+    first = agree(path, **run, reference_store=store).result
+    shutil.rmtree(tmp_path / "cache")  # the warm copy is all the second call reads
+    second = agree(path, **run, reference_store=store).result
+    assert cold == first == second and cold["top1"] < 1.0
+    assert len(computed) == 1 and not (tmp_path / "cache").exists()
+    assert len(held[computed[0]]._chunks) >= 3  # each scored chunk's statistics kept
+
+
 @pytest.mark.slow
 def test_smollm2_agreement_is_what_whole_forwards_give(tmp_path, monkeypatch):
     from helix_framework.agree import agree, token_windows

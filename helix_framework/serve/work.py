@@ -39,7 +39,7 @@ def candidate_weights(warm: WarmState, model_name: str, req: dict[str, Any], hos
 
 
 def run_agree(job: Job, req: dict[str, Any], host: Any, warm: WarmState) -> dict[str, Any]:
-    from helix_framework.agree import agree
+    from helix_framework.agree import WarmReference, agree
 
     t0 = time.perf_counter()
     weights, name, load = candidate_weights(warm, req["model"], req, host, job)
@@ -48,12 +48,20 @@ def run_agree(job: Job, req: dict[str, Any], host: Any, warm: WarmState) -> dict
     # The warm float32 tensors stand in for every matrix the candidate keeps,
     # so agree builds its model without dequantizing the source again.
     # A cancelled job stops at the next block of the reference or candidate pass.
+    loaded = [load]
+
+    def reference_store(key: str, compute: Any) -> WarmReference:
+        ref, seconds = warm.get(f"reference:{key}", lambda: WarmReference(*compute()), lambda r: r.nbytes)
+        loaded.append(seconds)
+        return ref
+
     report = agree(req["model"], weights={**model.weights, **weights}, candidate_name=name,
                    prompts_dir=req.get("text"), positions=req["positions"], source=model.source,
-                   on_step=lambda phase, i, n: job.progress(phase, i, n, name))
+                   on_step=lambda phase, i, n: job.progress(phase, i, n, name), reference_store=reference_store)
     data = report.to_json()
     total = time.perf_counter() - t0
-    return {**data, "seconds": {**data["seconds"], "total": total, "load": load + data["seconds"].get("load", 0.0)}}
+    return {**data, "seconds": {**data["seconds"], "total": total,
+                                "load": sum(loaded) + data["seconds"].get("load", 0.0)}}
 
 
 def run_sweep_job(job: Job, req: dict[str, Any], host: Any) -> dict[str, Any]:
