@@ -33,7 +33,7 @@ from helix_framework import artifacts, outlock
 from helix_framework.artifacts import split_arrays
 from helix_framework.codec import CodecState, Codes
 from helix_framework.config import CandidateConfig, kernel_signature
-from helix_framework.engine import BlockStats, each_tensor
+from helix_framework.engine import BlockStats, BlockStore, each_tensor
 from helix_framework.errors import AgreementError, CalibrationError, ConfigError, HelixError, NotApplicable, OutputError
 from helix_framework.layer_stats import LayerStats
 from helix_framework.measurement import MeasureContext
@@ -342,12 +342,15 @@ def calibrate(
     host: Any = None,
     progress: bool = False,
     on_tensor: Callable[[int, int, str], None] | None = None,
+    block_store: BlockStore | None = None,
 ) -> CalibrationSummary:
     """Calibrate every routed tensor of ``model`` and write artifacts to ``out_dir``.
 
     ``on_tensor(i, n, name)`` is called before tensor ``i`` of ``n``; an
     exception it raises stops the run like an interrupt (`helix serve`
-    reports progress and cancels jobs through it).
+    reports progress and cancels jobs through it). ``block_store`` keeps
+    the reference's blocks on the calibration windows between runs
+    (`engine.ReferenceBlocks`).
 
     ``out_dir`` is created only once the model has opened and every tensor
     is one decode can rebuild, and is locked for the run (`outlock`). Only
@@ -369,7 +372,7 @@ def calibrate(
         try:
             with outlock.hold(out, "calibrate"):
                 return _calibrate_locked(source, model, candidate, comp, out, tensors, selector, host, progress,
-                                         started, on_tensor)
+                                         started, on_tensor, block_store)
         except BaseException:
             if created:  # leave no empty output directory behind
                 for d in (out / artifacts.TENSOR_DIR, out):
@@ -391,7 +394,8 @@ def _previous_manifest(out: Path) -> dict[str, Any] | None:
 
 def _calibrate_locked(source: ModelSource, model: Path, candidate: CandidateConfig, comp: Components, out: Path,
                       tensors: str | None, selector: Any, host: Any, progress: bool,
-                      started: float, on_tensor: Callable[[int, int, str], None] | None = None) -> CalibrationSummary:
+                      started: float, on_tensor: Callable[[int, int, str], None] | None = None,
+                      block_store: BlockStore | None = None) -> CalibrationSummary:
     tensor_dir = out / artifacts.TENSOR_DIR
     if tensor_dir.is_symlink() or (tensor_dir.exists() and not tensor_dir.is_dir()):
         raise OutputError(f"{artifacts.TENSOR_DIR} is a link or not a directory: artifacts are written inside "
@@ -416,7 +420,7 @@ def _calibrate_locked(source: ModelSource, model: Path, candidate: CandidateConf
                 return kept.get(info.name)
 
             calibration_text = each_tensor(source, infos, candidate.calibration, handle, progress=progress,
-                                           on_tensor=on_tensor)
+                                           on_tensor=on_tensor, block_store=block_store)
             entries = [entries_by_name[info.name] for info in infos]  # source order, whatever the visit order
             manifest = {
                 "schema_version": artifacts.SCHEMA_VERSION,
@@ -716,12 +720,14 @@ class ArtifactWeights(Mapping):
 def weights_from_config(source: ModelSource, candidate: CandidateConfig, host: Any,
                         tensors: str | None = None,
                         on_tensor: Callable[[int, int, str], None] | None = None,
-                        bits: dict[str, float] | None = None) -> dict[str, np.ndarray]:
+                        bits: dict[str, float] | None = None,
+                        block_store: BlockStore | None = None) -> dict[str, np.ndarray]:
     """Fit every routed matrix in memory (on its calibration rows, and for a
     data-aware candidate block by block with its layer statistics, exactly as
     `calibrate` does) and keep the reconstructions. ``on_tensor(i, n,
     name)`` is called before each tensor; an exception it raises stops the fit.
-    ``bits``, if given, receives each tensor's total bits (codes, overhead, rotation)."""
+    ``bits``, if given, receives each tensor's total bits (codes, overhead, rotation);
+    ``block_store`` as in `calibrate`."""
     comp = resolve(candidate, host)
     selector = tensor_selector(tensors)
     require_selection(selector, source.tensors(), candidate.routes)
@@ -741,7 +747,8 @@ def weights_from_config(source: ModelSource, candidate: CandidateConfig, host: A
             bits[info.name] = fitted.bits["total_bits"]
         return out[info.name]
 
-    each_tensor(source, source.tensors(), candidate.calibration, fit_one, on_tensor=on_tensor)
+    each_tensor(source, source.tensors(), candidate.calibration, fit_one, on_tensor=on_tensor,
+                block_store=block_store)
     return out
 
 

@@ -29,18 +29,21 @@ that way).
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import attrs
 import numpy as np
 
+from helix_framework.config import canonical_json
 from helix_framework.errors import ConfigError, LayerInputError
 from helix_framework.layer_stats import LayerStats
 
 #: ``on_step(phase, i, n)``: called before step ``i`` of ``n``; raise to stop.
 StepCallback = Callable[[str, int, int], None]
 
-__all__ = ["BlockStats", "StatsCollector", "StepCallback", "each_tensor", "forward_steps", "head_logits", "run_blocks"]
+__all__ = ["BlockStats", "BlockStore", "ReferenceBlocks", "StatsCollector", "StepCallback", "each_tensor",
+           "forward_steps", "head_logits", "run_blocks"]
 
 
 @attrs.frozen
@@ -102,13 +105,45 @@ class StatsCollector:
         return out
 
 
+class ReferenceBlocks:
+    """What each block gives on reference inputs, for one model and one set of
+    calibration windows: the `StatsCollector` of its layers' inputs and its
+    outputs (fit and held-out windows). `run_blocks` reads and fills it for
+    every block whose inputs are still the reference's (all of them with
+    ``propagate: reference``, those before the first compressed block with
+    ``quantized``), so ``helix serve`` collects them once per calibration
+    text. Kept arrays are made read-only: a codec that wrote into a Hessian
+    would otherwise change the next candidate's statistics."""
+
+    def __init__(self) -> None:
+        self._blocks: dict[int, tuple[StatsCollector, np.ndarray, np.ndarray | None]] = {}
+
+    def get(self, layer: int) -> tuple[StatsCollector, np.ndarray, np.ndarray | None] | None:
+        return self._blocks.get(layer)
+
+    def put(self, layer: int, collector: StatsCollector, fit_out: np.ndarray, held_out: np.ndarray | None) -> None:
+        for a in (*collector._sums.values(), fit_out, held_out):
+            if a is not None:
+                a.setflags(write=False)
+        self._blocks[layer] = (collector, fit_out, held_out)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(sum(a.nbytes for a in c._sums.values()) + f.nbytes + (0 if h is None else h.nbytes)
+                   for c, f, h in list(self._blocks.values()))
+
+
+#: ``key -> ReferenceBlocks`` for a model and its calibration windows (``key``
+#: hashes both); ``helix serve`` answers from its warm state.
+BlockStore = Callable[[str], ReferenceBlocks]
+
 #: ``handle(info, stats) -> reconstruction or None`` for one tensor (see `each_tensor`).
 HandleTensor = Callable[[Any, "BlockStats | None"], "np.ndarray | None"]
 
 
 def each_tensor(
     source: Any, infos: Sequence[Any], calibration: Any, handle: HandleTensor, *, progress: bool = False,
-    on_tensor: Callable[[int, int, str], None] | None = None,
+    on_tensor: Callable[[int, int, str], None] | None = None, block_store: BlockStore | None = None,
 ) -> dict[str, Any] | None:
     """Call ``handle(info, stats)`` once for every tensor of ``infos``;
     ``on_tensor(i, n, name)`` before each (an exception it raises stops the
@@ -122,6 +157,8 @@ def each_tensor(
     reconstruction (what the windows pass through with ``propagate:
     quantized``) or None to keep the tensor as it is. Returns what the
     manifest records about the calibration text (None without it).
+    ``block_store`` keeps the reference's blocks on these windows for the
+    next call (see `ReferenceBlocks`).
     """
     done = 0
 
@@ -158,8 +195,14 @@ def each_tensor(
         kept = {name: step(by_name[name], stats.get(name)) for name in names}
         return {name: recon for name, recon in kept.items() if recon is not None}
 
+    reference = None
+    if block_store is not None:
+        key = hashlib.sha256(canonical_json({"files": source.file_hashes()}).encode())
+        for a in (windows.ids, windows.fit, windows.held_out):
+            key.update(np.ascontiguousarray(a, dtype=np.int64).tobytes() + b"|")
+        reference = block_store(key.hexdigest())
     run_blocks(model, windows.ids, windows.fit, windows.held_out, fit_block, propagate=cal.propagate,
-               progress=progress)
+               progress=progress, reference=reference)
     settings = {"text": cal.text, "sequences": cal.sequences, "tokens": cal.tokens, "seed": cal.seed,
                 "held_out_fraction": cal.held_out, "propagate": cal.propagate}
     return windows.to_json(settings)
@@ -172,34 +215,44 @@ FitBlock = Callable[[int, list[str], Mapping[str, BlockStats]], Mapping[str, np.
 
 def run_blocks(
     model: object, ids: np.ndarray, fit: np.ndarray, held_out: np.ndarray, fit_block: FitBlock, *,
-    propagate: str = "quantized", progress: bool = False,
+    propagate: str = "quantized", progress: bool = False, reference: ReferenceBlocks | None = None,
 ) -> None:
     """Run windows ``ids [B, T]`` through ``model`` block by block (see the module docstring).
 
     ``fit`` and ``held_out`` index the windows whose inputs go into the fit
     statistics and the held-out ones. ``model`` is a `DecoderModel`, ideally
-    loaded lazily (``load_model(..., lazy=True)``).
+    loaded lazily (``load_model(..., lazy=True)``). ``reference`` holds the
+    reference's blocks on these windows from an earlier run; those computed
+    here are added to it.
     """
     h_fit = model.embed_windows(ids[fit])
     h_held = model.embed_windows(ids[held_out]) if held_out.size else None
     release_loaded(model)
+    pristine = True  # the windows entering this block are the reference's
     for layer in _progress(range(model.n_layers), progress):
         names = model.block_tensors(layer)
-        collector = StatsCollector()
-        model.linear_observer = collector
-        try:
-            ref_fit = model.block_windows(layer, h_fit)
-            ref_held = None
-            if h_held is not None:
-                collector.group = "held_out"
-                ref_held = model.block_windows(layer, h_held)
-        finally:
-            model.linear_observer = None
+        known = reference.get(layer) if reference is not None and pristine else None
+        if known is not None:
+            collector, ref_fit, ref_held = known
+        else:
+            collector = StatsCollector()
+            model.linear_observer = collector
+            try:
+                ref_fit = model.block_windows(layer, h_fit)
+                ref_held = None
+                if h_held is not None:
+                    collector.group = "held_out"
+                    ref_held = model.block_windows(layer, h_held)
+            finally:
+                model.linear_observer = None
+            if reference is not None and pristine:
+                reference.put(layer, collector, ref_fit, ref_held)
         if propagate == "quantized":
             replacements = _fit_sequential(model, layer, names, collector, h_fit, h_held, fit_block)
         else:
             replacements = fit_block(layer, names, collector.result())
         if propagate == "quantized" and replacements:
+            pristine = False
             for name, w in replacements.items():
                 model.weights[name] = np.ascontiguousarray(w, dtype=np.float32)
             h_fit = model.block_windows(layer, h_fit)
@@ -284,7 +337,7 @@ def _fit_sequential(
         groups.setdefault(min((name, *stats[name].shared_with), key=list(stats).index), []).append(name)
     replacements: dict[str, np.ndarray] = {}
     for i, (head, members) in enumerate(groups.items()):
-        if i:
+        if i and replacements:  # unchanged layers before it: its inputs are the reference's, already in `stats`
             collector = StatsCollector()
             model.linear_observer = _Until(collector, head)
             try:

@@ -25,7 +25,7 @@ def windows(n=5, t=12, seed=0):
     return np.random.default_rng(seed).integers(0, 61, size=(n, t))
 
 
-def collect(model, ids, fit, held, replace=None, propagate="quantized"):
+def collect(model, ids, fit, held, replace=None, propagate="quantized", reference=None, layers=None):
     """Statistics by block (merged over the block's fit calls) and the matrices in memory at each call."""
     seen, loaded = {}, []
 
@@ -33,9 +33,11 @@ def collect(model, ids, fit, held, replace=None, propagate="quantized"):
         assert set(stats) <= set(names)
         seen.setdefault(layer, {}).update(stats)
         loaded.append(sorted(n for n in dict.keys(model.weights) if ".layers." in n))
-        return {n: replace(model.weights[n]) for n in names if n.endswith("proj.weight")} if replace else {}
+        if not replace or (layers is not None and layer not in layers):
+            return {}
+        return {n: replace(model.weights[n]) for n in names if n.endswith("proj.weight")}
 
-    run_blocks(model, ids, fit, held, fit_block, propagate=propagate)
+    run_blocks(model, ids, fit, held, fit_block, propagate=propagate, reference=reference)
     return seen, loaded
 
 
@@ -113,6 +115,40 @@ def test_quantized_propagation_is_sequential_within_a_block(path):
             assert quant[0][n].held_out.n_tokens == held.size * ids.shape[1]
         if first:
             assert not np.allclose(quant[0][names[0]].fit.hessian, ref[0][names[0]].fit.hessian, rtol=1e-3)
+
+
+def test_reference_blocks_are_reused_until_the_first_compressed_block(path):
+    from helix_framework.engine import ReferenceBlocks
+
+    ids, fit, held = windows(), np.arange(4), np.array([4])
+    coarse = lambda w: np.rint(w * 2) / 2  # noqa: E731
+    store = ReferenceBlocks()
+    plain, _ = collect(load_model(path, lazy=True), ids, fit, held, reference=store)  # nothing compressed: all kept
+    assert sorted(store._blocks) == [0, 1] and store.nbytes > 0
+
+    def counted():
+        model = load_model(path, lazy=True)
+        calls, run = [], model.block_windows
+        model.block_windows = lambda layer, h: calls.append(layer) or run(layer, h)
+        return model, calls
+
+    # compress block 1 only: both reference passes (fit + held-out windows) come from the store;
+    # compress both: block 0's does, block 1's sees compressed inputs and runs
+    for layers, saved in (({1}, [2, 2]), ({0, 1}, [2, 0])):
+        cold_model, cold_calls = counted()
+        cold, _ = collect(cold_model, ids, fit, held, replace=coarse, layers=layers)
+        warm_model, warm_calls = counted()
+        warm, _ = collect(warm_model, ids, fit, held, replace=coarse, layers=layers, reference=store)
+        for layer in cold:  # the very same statistics, to the bit
+            for name in cold[layer]:
+                assert np.array_equal(warm[layer][name].fit.hessian, cold[layer][name].fit.hessian)
+                assert np.array_equal(warm[layer][name].held_out.hessian, cold[layer][name].held_out.hessian)
+        assert [cold_calls.count(i) - warm_calls.count(i) for i in (0, 1)] == saved
+    assert all(np.array_equal(plain[0][n].fit.hessian, warm[0][n].fit.hessian) for n in plain[0] if ".q_proj" in n)
+
+    kept = store.get(0)[0].result()[P.format(0) + "self_attn.q_proj.weight"].fit.hessian
+    with pytest.raises(ValueError, match="read-only"):  # a codec cannot change the next candidate's statistics
+        kept += 1.0
 
 
 def test_nan_inputs_stop_the_run_naming_the_layer():

@@ -251,7 +251,7 @@ async def calibrate(request: Request) -> JSONResponse:
     _guard_out(lab, out, "$.out")
     record = {"model": model, "candidate": data, "tensors": tensors, "out": str(out)}
     req = {**record, "candidate": candidate}
-    job = lab.store.submit("calibrate", record, lambda j: work.run_calibrate(j, req, lab.host), _job_error)
+    job = lab.store.submit("calibrate", record, lambda j: work.run_calibrate(j, req, lab.host, lab.warm), _job_error)
     return _json({"job_id": job.id, "state": job.state}, 202)
 
 

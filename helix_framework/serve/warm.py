@@ -110,6 +110,14 @@ class WarmState:
         with self._lock:
             return [v.name for v, _ in self._entries.values() if isinstance(v, WarmModel)]
 
+    def reference_blocks(self, key: str) -> Any:
+        """The `engine.ReferenceBlocks` of one model on one set of calibration
+        windows (``key``, from `engine.each_tensor`), kept across jobs."""
+        from helix_framework.engine import ReferenceBlocks
+
+        blocks, _ = self.get(f"blocks:{key}", ReferenceBlocks, lambda b: b.nbytes)
+        return blocks
+
     def model(self, name: str) -> tuple[WarmModel, float]:
         """The warm model of ``name`` (an embedded name or a path)."""
         from helix_framework.models import resolve_model

@@ -14,12 +14,13 @@ from helix_framework.serve.jobs import Job, JobCancelled
 from helix_framework.serve.warm import WarmState
 
 
-def run_calibrate(job: Job, req: dict[str, Any], host: Any) -> dict[str, Any]:
+def run_calibrate(job: Job, req: dict[str, Any], host: Any, warm: WarmState) -> dict[str, Any]:
     from helix_framework.calibrate import calibrate
 
     t0 = time.perf_counter()
     summary = calibrate(req["model"], req["candidate"], req["out"], tensors=req.get("tensors"), host=host,
-                        on_tensor=lambda i, n, name: job.progress("tensor", i, n, name))
+                        on_tensor=lambda i, n, name: job.progress("tensor", i, n, name),
+                        block_store=warm.reference_blocks)
     total = time.perf_counter() - t0
     return {"summary": summary.to_json(), "out": str(req["out"]), "seconds": {"total": total, "load": 0.0}}
 
@@ -34,7 +35,8 @@ def candidate_weights(warm: WarmState, model_name: str, req: dict[str, Any], hos
     if req.get("artifacts"):
         return weights_from_artifacts(req["artifacts"], model.source, host), str(req["artifacts"]), load
     on_tensor = (lambda i, n, name: job.progress("tensor", i, n, name)) if job else None
-    weights = weights_from_config(model.source, req["candidate"], host, req.get("tensors"), on_tensor=on_tensor)
+    weights = weights_from_config(model.source, req["candidate"], host, req.get("tensors"), on_tensor=on_tensor,
+                                  block_store=warm.reference_blocks)
     return weights, req["candidate"].name, load
 
 
