@@ -30,6 +30,7 @@ that way).
 from __future__ import annotations
 
 import hashlib
+import threading
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import attrs
@@ -38,6 +39,7 @@ import numpy as np
 from helix_framework.config import canonical_json
 from helix_framework.errors import ConfigError, LayerInputError
 from helix_framework.layer_stats import LayerStats
+from helix_framework.reference.base import current_window
 
 #: ``on_step(phase, i, n)``: called before step ``i`` of ``n``; raise to stop.
 StepCallback = Callable[[str, int, int], None]
@@ -61,37 +63,73 @@ class StatsCollector:
 
     Layers that are called with the very same input array (q, k and v after
     one norm) share one Hessian, computed once. Inputs with NaN or infinity
-    raise `LayerInputError` naming the layer.
+    raise `LayerInputError` naming the layer. Windows may run on several
+    threads (``window_ordered``): each computes its own product, and the
+    products are added in window order, so the sums are the same bits
+    whatever the thread count.
     """
+
+    window_ordered = True
 
     def __init__(self) -> None:
         self.group = "fit"
         self._sums: dict[tuple[str, str], np.ndarray] = {}
         self._tokens: dict[tuple[str, str], int] = {}
         self._key_of: dict[str, str] = {}
-        self._last: tuple[np.ndarray | None, str] = (None, "")
+        self._thread = threading.local()  # the last input seen on this thread, for sharing
+        self._turn = threading.Condition()
+        self._added: dict[tuple[str, str], int] = {}  # windows added per slot in this group's threaded pass
+        self._failed: int | None = None  # the first window that failed, in this group's threaded pass
 
     def __call__(self, name: str, x: np.ndarray) -> None:
-        last_x, last_key = self._last
+        last_x, last_key = getattr(self._thread, "last", (None, ""))
         if x is last_x:
             self._key_of[name] = last_key
             return
         if not np.isfinite(x).all():
             bad = int((~np.isfinite(x)).sum())
             raise LayerInputError(f"calibration inputs contain {bad} NaN or infinite value(s)", layer=name)
-        self._key_of[name] = name
-        self._last = (x, name)
+        self._key_of[name] = name  # first set in the order the block reads its inputs, on any thread
+        self._thread.last = (x, name)
         # One window's products in float32 (twice as fast as float64 here, and
         # exact enough over a few hundred tokens), summed over windows in float64.
         x32 = np.asarray(x, dtype=np.float32)
         slot = (self.group, name)
         h = (x32.T @ x32).astype(np.float64)
-        if slot in self._sums:
-            self._sums[slot] += h
-            self._tokens[slot] += x.shape[0]
-        else:
-            self._sums[slot] = h
-            self._tokens[slot] = x.shape[0]
+        window = current_window()
+        with self._turn:
+            if window is not None:
+                self._turn.wait_for(lambda: self._behind_failure(window) or self._added.get(slot, 0) == window)
+                if self._behind_failure(window):
+                    raise LayerInputError(f"window {self._failed} of this block failed first", layer=name)
+            if slot in self._sums:
+                self._sums[slot] += h
+                self._tokens[slot] += x.shape[0]
+            else:
+                self._sums[slot] = h
+                self._tokens[slot] = x.shape[0]
+            if window is not None:
+                self._added[slot] = window + 1
+                self._turn.notify_all()
+
+    def start_group(self, group: str) -> None:
+        """Sum the next windows into ``group`` ("fit" or "held_out"), counted from window 0."""
+        self.group = group
+        self._added.clear()
+        self._failed = None
+
+    def abort(self) -> None:
+        """The calling thread's window failed: later windows, which would wait
+        for its turn for ever, stop; earlier ones finish (their error, if
+        any, is the one raised first)."""
+        window = current_window()
+        with self._turn:
+            if window is not None and (self._failed is None or window < self._failed):
+                self._failed = window
+            self._turn.notify_all()
+
+    def _behind_failure(self, window: int) -> bool:
+        return self._failed is not None and self._failed < window
 
     def result(self) -> dict[str, BlockStats]:
         """Statistics of every observed layer."""
@@ -241,7 +279,7 @@ def run_blocks(
                 ref_fit = model.block_windows(layer, h_fit)
                 ref_held = None
                 if h_held is not None:
-                    collector.group = "held_out"
+                    collector.start_group("held_out")
                     ref_held = model.block_windows(layer, h_held)
             finally:
                 model.linear_observer = None
@@ -342,7 +380,7 @@ def _fit_sequential(
             model.linear_observer = _Until(collector, head)
             try:
                 for group, h in (("fit", h_fit), ("held_out", h_held)):
-                    collector.group = group
+                    collector.start_group(group)
                     for b in range(0 if h is None else h.shape[0]):
                         try:
                             model.block_windows(layer, h[b : b + 1])

@@ -151,6 +151,34 @@ def test_reference_blocks_are_reused_until_the_first_compressed_block(path):
         kept += 1.0
 
 
+@pytest.mark.parametrize("threads", ["2", "3"])
+def test_statistics_from_windows_on_threads_are_the_same_bits(path, monkeypatch, threads):
+    ids, fit, held = windows(n=7), np.arange(6), np.array([6])
+    coarse = lambda w: np.rint(w * 2) / 2  # noqa: E731
+    monkeypatch.setenv("HELIX_THREADS", "1")
+    one, _ = collect(load_model(path, lazy=True), ids, fit, held, replace=coarse)
+    monkeypatch.setenv("HELIX_THREADS", threads)
+    many, _ = collect(load_model(path, lazy=True), ids, fit, held, replace=coarse)
+    assert [list(b) for b in one.values()] == [list(b) for b in many.values()]  # same layers, same order
+    for layer in one:
+        for name, st in one[layer].items():
+            assert st.fit.hessian.tobytes() == many[layer][name].fit.hessian.tobytes()
+            assert st.held_out.hessian.tobytes() == many[layer][name].held_out.hessian.tobytes()
+            assert st.shared_with == many[layer][name].shared_with
+
+
+def test_a_bad_window_on_a_thread_stops_the_run_naming_the_layer(path, monkeypatch):
+    monkeypatch.setenv("HELIX_THREADS", "2")
+    model = load_model(path, lazy=True)
+    h = model.embed_windows(windows(n=6))
+    h[3, 2, 0] = np.nan  # a later window: earlier ones finish, later ones must not wait for ever
+    collector = StatsCollector()
+    model.linear_observer = collector
+    with pytest.raises(LayerInputError) as err:
+        model.block_windows(0, h)
+    assert "q_proj" in str(err.value) and "NaN" in str(err.value)
+
+
 def test_nan_inputs_stop_the_run_naming_the_layer():
     collector = StatsCollector()
     collector("blk.0.attn_q.weight", np.ones((4, 3), np.float32))

@@ -88,6 +88,17 @@ def window_threads() -> int:
     return int(env)
 
 
+_window = threading.local()
+
+
+def current_window() -> int | None:
+    """Index of the window the calling thread runs for `DecoderModel.block_each`
+    when windows run on several threads; None otherwise (calls then come in
+    window order on one thread). A `ReferenceModel.linear_observer` that sums
+    per window uses it to add in window order."""
+    return getattr(_window, "index", None)
+
+
 def map_in_order(fn: Callable[[_T], _R], items: Sequence[_T], threads: int) -> Iterator[_R]:
     """``fn`` of each item, yielded in order, computed on up to ``threads``
     threads with at most ``threads`` results waiting (a window's logits are
@@ -506,8 +517,24 @@ class DecoderModel(ReferenceModel):
         may differ; each from position 0 with its own KV cache), the windows
         spread over `window_threads` threads (see `_window_threads`)."""
         threads = self._window_threads(len(hs))
-        with blas_threads(1 if threads > 1 else self.blas_threads):
-            return list(map_in_order(lambda x: self._block(layer, x, 0, self.new_cache()), hs, threads))
+        if threads == 1:
+            with blas_threads(self.blas_threads):
+                return [self._block(layer, x, 0, self.new_cache()) for x in hs]
+
+        def one(i: int) -> np.ndarray:
+            _window.index = i
+            try:
+                return self._block(layer, hs[i], 0, self.new_cache())
+            except BaseException:
+                abort = getattr(self.linear_observer, "abort", None)
+                if abort is not None:  # windows after this one may be waiting for its statistics
+                    abort()
+                raise
+            finally:
+                del _window.index
+
+        with blas_threads(1):
+            return list(map_in_order(one, range(len(hs)), threads))
 
     def head_window(self, h: np.ndarray) -> np.ndarray:
         """Final norm and head of one window ``h [T, hidden]`` -> logits ``[T, vocab]``."""
@@ -529,10 +556,12 @@ class DecoderModel(ReferenceModel):
             yield from map_in_order(one, range(len(hs)), threads)
 
     def _window_threads(self, n: int) -> int:
-        """Threads for ``n`` windows: one while anything observes or replaces
-        a layer (statistics are summed in window order, and compiled kernels
-        split their own rows over threads), else `window_threads`."""
-        if n < 2 or self.linear_observer is not None or self._linear_overrides:
+        """Threads for ``n`` windows: `window_threads`, but one while a layer
+        is replaced (compiled kernels split their own rows over threads) or
+        observed by an observer that does not sum in window order itself
+        (``window_ordered``, see `current_window`)."""
+        observer = self.linear_observer
+        if n < 2 or self._linear_overrides or (observer is not None and not getattr(observer, "window_ordered", False)):
             return 1
         return min(n, window_threads())
 
