@@ -11,6 +11,7 @@ The manifest is written last and atomically (see `helix_framework.artifacts`).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import hashlib
@@ -18,6 +19,7 @@ import logging
 import os
 import shutil
 import stat
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -32,7 +34,7 @@ from threadpoolctl import threadpool_limits
 from helix_framework import artifacts, outlock
 from helix_framework.artifacts import split_arrays
 from helix_framework.codec import CodecState, Codes
-from helix_framework.config import CandidateConfig, kernel_signature
+from helix_framework.config import CandidateConfig, canonical_json, kernel_signature
 from helix_framework.engine import BlockStats, BlockStore, each_tensor
 from helix_framework.errors import AgreementError, CalibrationError, ConfigError, HelixError, NotApplicable, OutputError
 from helix_framework.layer_stats import LayerStats
@@ -228,12 +230,35 @@ def fit_reconstruct(
     return Fitted(rot_state, state, codes, recon, bits, timing)
 
 
+# The last few transformed statistics: q/k/v (and gate/up) share one Hessian
+# array, and a seeded rotation of one width is the same for each of them, so
+# the d x d x d product is formed once. Entries hold their input statistics,
+# so a Hessian's id is never reused while it is a key.
+_ROTATED: collections.OrderedDict[tuple[Any, ...], tuple[LayerStats, LayerStats]] = collections.OrderedDict()
+_ROTATED_LOCK = threading.Lock()
+
+
 def _rotated_stats(comp: Components, rot_state: RotationState, stats: LayerStats) -> LayerStats:
+    digest = hashlib.sha256(canonical_json(dict(rot_state.meta)).encode())
+    for k in sorted(rot_state.arrays):
+        a = np.ascontiguousarray(rot_state.arrays[k])
+        digest.update(f"|{k}|{a.dtype}|{a.shape}|".encode() + a.tobytes())
+    key = (id(stats.hessian), stats.n_tokens, comp.rotation.name, getattr(comp.rotation, "version", ""),
+           digest.hexdigest())
+    with _ROTATED_LOCK:
+        hit = _ROTATED.get(key)
+        if hit is not None and hit[0].hessian is stats.hessian:
+            return hit[1]
     try:
-        return comp.rotation.transform_stats(rot_state, stats)
+        rotated = comp.rotation.transform_stats(rot_state, stats)
     except NotImplementedError as exc:
         raise ConfigError(f"rotation {comp.candidate.rotation.kind!r} cannot transform layer statistics: {exc}",
                           path="$.rotation") from None
+    with _ROTATED_LOCK:
+        _ROTATED[key] = (stats, rotated)
+        while len(_ROTATED) > 4:
+            _ROTATED.popitem(last=False)
+    return rotated
 
 
 def calibrate_matrix(x: np.ndarray, name: str, comp: Components, stats: BlockStats | None = None) -> TensorResult:

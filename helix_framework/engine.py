@@ -95,7 +95,7 @@ class StatsCollector:
         # exact enough over a few hundred tokens), summed over windows in float64.
         x32 = np.asarray(x, dtype=np.float32)
         slot = (self.group, name)
-        h = (x32.T @ x32).astype(np.float64)
+        h = x32.T @ x32  # widened to float64 as it is added: a waiting thread holds half the bytes
         window = current_window()
         with self._turn:
             if window is not None:
@@ -106,7 +106,7 @@ class StatsCollector:
                 self._sums[slot] += h
                 self._tokens[slot] += x.shape[0]
             else:
-                self._sums[slot] = h
+                self._sums[slot] = h.astype(np.float64)
                 self._tokens[slot] = x.shape[0]
             if window is not None:
                 self._added[slot] = window + 1

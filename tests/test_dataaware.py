@@ -251,6 +251,26 @@ def test_transformed_hessian_gives_the_output_error_on_rotated_activations():
     assert np.allclose(xr @ wr.T, x @ w.T, atol=1e-4)
 
 
+def test_shared_statistics_are_rotated_once_per_rotation_state(monkeypatch):
+    from helix_framework import calibrate as cal
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((200, 16))
+    rot = RandomOrthogonal()
+    state = rot.fit(np.eye(16, dtype=np.float32), None, rng)
+    other = RotationState(arrays={"q": state.arrays["q"][:, ::-1].copy()})  # another orthogonal matrix
+    comp = type("Comp", (), {"rotation": rot, "candidate": None})()
+    calls = []
+    monkeypatch.setattr(rot, "transform_stats", lambda st, stats: calls.append(st) or RandomOrthogonal.transform_stats(rot, st, stats))
+    h = x.T @ x
+    q, k = LayerStats(h, 200), LayerStats(h, 200)  # two layers reading one input: one Hessian array
+    first = cal._rotated_stats(comp, state, q)
+    assert cal._rotated_stats(comp, state, k) is first and len(calls) == 1
+    assert cal._rotated_stats(comp, other, k) is not first and len(calls) == 2  # another rotation: computed
+    assert cal._rotated_stats(comp, state, LayerStats(h.copy(), 200)) is not first and len(calls) == 3
+    np.testing.assert_array_equal(first.hessian, rot.transform_stats(state, LayerStats(h.copy(), 200)).hessian)
+
+
 def test_a_plugin_written_against_todays_contract_runs_data_aware(tmp_path, host, tiny):
     out = tmp_path / "out"
     calls = []
