@@ -333,12 +333,16 @@ def reference_outputs(
         if step == 0:
             all_hidden = np.empty((model.n_layers + 1, n, h[0].shape[1]), np.float32)
         np.concatenate(h, out=all_hidden[step])
-    # Filled window by window: no second copy of the [N, vocab] array.
+    # Filled window by window on the threads that compute them: no second
+    # copy of the [N, vocab] array, and no window's logits waiting in a queue.
     all_logits = np.empty((n, model.vocab_size), np.float32)
-    offset = 0
-    for logits in head_logits(model, h):
-        all_logits[offset:offset + logits.shape[0]] = logits
-        offset += logits.shape[0]
+    starts = np.cumsum([0] + [w.ids.size for w in windows])
+
+    def keep(i: int, logits: np.ndarray) -> None:
+        all_logits[starts[i]:starts[i + 1]] = logits
+
+    for _ in head_logits(model, h, then=keep):
+        pass
     directory.mkdir(parents=True, exist_ok=True)
     for path, array in ((logits_path, all_logits), (hidden_path, all_hidden)):
         artifacts.atomic_write(directory, ".npy", lambda f, a=array: np.save(f, a), lambda p=path: p)
