@@ -3,7 +3,10 @@
 Per model: the open source, its tokenizer, every tensor dequantized to
 float32 once (a candidate is the reference with some matrices replaced, so
 building it from these skips the dequantization), and the reference model
-built lazily for completions. Per candidate job: the model carrying its
+built lazily for completions. Per model and prompt set: the reference's
+outputs for token agreement (`agree.WarmReference`). Per model and
+calibration windows: the reference's blocks on them (`engine.ReferenceBlocks`).
+Per candidate job: the model carrying its
 reconstructed matrices, for completions. Entries are counted by the bytes
 of their arrays and evicted least recently used first once the total passes
 the budget; an entry in use by a running job is kept alive by that job's
