@@ -289,17 +289,21 @@ def run_blocks(
             replacements = _fit_sequential(model, layer, names, collector, h_fit, h_held, fit_block)
         else:
             replacements = fit_block(layer, names, collector.result())
+        # Not past the fit: a block's statistics are as large as its weights
+        # (at 5,632 inputs the down projection's fit and held-out Hessians are
+        # 0.5 GB), and the passes below hold several copies of the windows.
+        collector = None
         if propagate == "quantized" and replacements:
             pristine = False
             for name, w in replacements.items():
                 model.weights[name] = np.ascontiguousarray(w, dtype=np.float32)
+            replacements = ref_fit = ref_held = None
             h_fit = model.block_windows(layer, h_fit)
             h_held = model.block_windows(layer, h_held) if h_held is not None else None
         else:
             h_fit, h_held = ref_fit, ref_held
         model.weights.release(names)
-        # Not past this block: its statistics and reconstructions are as large as its weights.
-        del collector, replacements, ref_fit, ref_held
+        del replacements, ref_fit, ref_held
 
 
 def forward_steps(

@@ -510,21 +510,33 @@ class DecoderModel(ReferenceModel):
     def block_windows(self, layer: int, h: np.ndarray) -> np.ndarray:
         """Block ``layer`` on every window of ``h [B, T, hidden]`` (each
         window from position 0, its own KV cache); returns the new states."""
-        return np.stack(self.block_each(layer, list(h)))
+        out = np.empty_like(h)
+        self.block_each(layer, list(h), out=out)
+        return out
 
-    def block_each(self, layer: int, hs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    def block_each(self, layer: int, hs: Sequence[np.ndarray], out: np.ndarray | None = None) -> list[np.ndarray]:
         """Block ``layer`` on each window ``[T_i, hidden]`` of ``hs`` (lengths
         may differ; each from position 0 with its own KV cache), the windows
-        spread over `window_threads` threads (see `_window_threads`)."""
+        spread over `window_threads` threads (see `_window_threads`). With
+        ``out`` (equal lengths), window ``i``'s states go to ``out[i]`` as it
+        finishes, and ``out``'s rows are returned: no second copy."""
+
+        def run(i: int) -> np.ndarray:
+            y = self._block(layer, hs[i], 0, self.new_cache())
+            if out is None:
+                return y
+            out[i] = y
+            return out[i]
+
         threads = self._window_threads(len(hs))
         if threads == 1:
             with blas_threads(self.blas_threads):
-                return [self._block(layer, x, 0, self.new_cache()) for x in hs]
+                return [run(i) for i in range(len(hs))]
 
         def one(i: int) -> np.ndarray:
             _window.index = i
             try:
-                return self._block(layer, hs[i], 0, self.new_cache())
+                return run(i)
             except BaseException:
                 abort = getattr(self.linear_observer, "abort", None)
                 if abort is not None:  # windows after this one may be waiting for its statistics
