@@ -11,7 +11,6 @@ The manifest is written last and atomically (see `helix_framework.artifacts`).
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import dataclasses
 import hashlib
@@ -21,6 +20,7 @@ import shutil
 import stat
 import threading
 import time
+import weakref
 import zlib
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
@@ -230,12 +230,14 @@ def fit_reconstruct(
     return Fitted(rot_state, state, codes, recon, bits, timing)
 
 
-# The last few transformed statistics: q/k/v (and gate/up) share one Hessian
-# array, and a seeded rotation of one width is the same for each of them, so
-# the d x d x d product is formed once. Entries hold their input statistics,
-# so a Hessian's id is never reused while it is a key.
-_ROTATED: collections.OrderedDict[tuple[Any, ...], tuple[LayerStats, LayerStats]] = collections.OrderedDict()
-_ROTATED_LOCK = threading.Lock()
+# The last transformed statistics: q/k/v (and gate/up) share one Hessian
+# array and are fitted one after the other, and a seeded rotation of one
+# width is the same for each of them, so the d x d x d product is formed
+# once per input. One entry, held only while its input Hessian lives (a
+# weak reference): at 5,632 inputs a Hessian and its rotation are 0.5 GB,
+# which must not outlive the block they belong to.
+_ROTATED: dict[tuple[Any, ...], tuple[Any, LayerStats]] = {}
+_ROTATED_LOCK = threading.RLock()  # a weak reference's callback may run where the lock is held
 
 
 def _rotated_stats(comp: Components, rot_state: RotationState, stats: LayerStats) -> LayerStats:
@@ -247,7 +249,7 @@ def _rotated_stats(comp: Components, rot_state: RotationState, stats: LayerStats
            digest.hexdigest())
     with _ROTATED_LOCK:
         hit = _ROTATED.get(key)
-        if hit is not None and hit[0].hessian is stats.hessian:
+        if hit is not None and hit[0]() is stats.hessian:
             return hit[1]
     try:
         rotated = comp.rotation.transform_stats(rot_state, stats)
@@ -255,10 +257,14 @@ def _rotated_stats(comp: Components, rot_state: RotationState, stats: LayerStats
         raise ConfigError(f"rotation {comp.candidate.rotation.kind!r} cannot transform layer statistics: {exc}",
                           path="$.rotation") from None
     with _ROTATED_LOCK:
-        _ROTATED[key] = (stats, rotated)
-        while len(_ROTATED) > 4:
-            _ROTATED.popitem(last=False)
+        _ROTATED.clear()
+        _ROTATED[key] = (weakref.ref(stats.hessian, lambda _: _forget_rotated(key)), rotated)
     return rotated
+
+
+def _forget_rotated(key: tuple[Any, ...]) -> None:
+    with _ROTATED_LOCK:
+        _ROTATED.pop(key, None)
 
 
 def calibrate_matrix(x: np.ndarray, name: str, comp: Components, stats: BlockStats | None = None) -> TensorResult:
