@@ -48,6 +48,13 @@ with getattr):
   ``encode`` copies the bound parameters into the codes, so the codes decode
   with the state ``fit`` returned (the one the host saves) and ``fit`` may
   run on calibration rows only, as in a data-free candidate.
+- ``refits_scales = True`` (with ``quantizes_columns``): after error
+  feedback has chosen every code, ``refit_scales(state, codes, rows,
+  hessian)`` may re-solve the codec's per-row parameters for those codes
+  so that ``(w - w_hat)^T H (w - w_hat)`` against the original rows falls
+  (rtn: each row's group scales and zeros, in closed form). It returns
+  codes that decode with the saved state. Asked for by
+  ``error_feedback: {refit: true}``.
 - ``compressed_matmul = True``: the codec multiplies by its encoded matrix
   without decoding it (``helix agree --engine adc``):
   ``matmul(state, codes, x, params) -> y`` with ``x`` float32
@@ -146,6 +153,8 @@ class Codec:
     takes_stats: ClassVar[bool] = False
     #: the codec implements ``column_atom`` and ``quantize_columns``.
     quantizes_columns: ClassVar[bool] = False
+    #: the codec implements ``refit_scales`` (see the module docstring).
+    refits_scales: ClassVar[bool] = False
     #: the codec implements ``matmul`` (see the module docstring).
     compressed_matmul: ClassVar[bool] = False
 
@@ -184,6 +193,11 @@ class Codec:
         computed with the same float operations as ``decode``. Only codecs
         with ``quantizes_columns = True`` implement it.
         """
+        raise NotImplementedError
+
+    def refit_scales(self, state: CodecState, codes: Codes, rows: np.ndarray, hessian: np.ndarray) -> Codes:
+        """``codes`` with the per-row parameters re-solved for the chosen codes.
+        Only codecs with ``refits_scales = True`` implement it."""
         raise NotImplementedError
 
     def matmul(self, state: CodecState, codes: Codes, x: np.ndarray, params: Any) -> np.ndarray:

@@ -65,9 +65,9 @@ def _check_block(_inst: Any, _attr: Any, value: Any) -> None:
         raise ParamError("block", f"must be a positive integer (columns per lazy update), got {value!r}")
 
 
-def _check_act_order(_inst: Any, _attr: Any, value: Any) -> None:
+def _check_flag(_inst: Any, attr: Any, value: Any) -> None:
     if not isinstance(value, bool):
-        raise ParamError("act_order", f"must be true or false, got {value!r}")
+        raise ParamError(attr.name, f"must be true or false, got {value!r}")
 
 
 @attrs.frozen
@@ -78,11 +78,14 @@ class ErrorFeedbackParams:
     - ``block``: columns per lazy batch update (rounded down to a multiple of
       the codec's atom, at least one atom).
     - ``act_order``: quantize atoms in order of decreasing Hessian diagonal.
+    - ``refit``: afterwards, re-solve the codec's per-row scales for the
+      codes chosen (codecs with ``refits_scales``; see ``quantize_with_feedback``).
     """
 
     damp: float = attrs.field(default=0.01, validator=_check_damp)
     block: int = attrs.field(default=128, validator=_check_block)
-    act_order: bool = attrs.field(default=True, validator=_check_act_order)
+    act_order: bool = attrs.field(default=True, validator=_check_flag)
+    refit: bool = attrs.field(default=False, validator=_check_flag)
 
 
 def inverse_cholesky(hessian: np.ndarray, damp: float, overwrite: bool = False) -> tuple[np.ndarray, float]:
@@ -151,6 +154,8 @@ def quantize_with_feedback(
     h = np.asarray(stats.hessian)
     if h.shape != (d, d):
         raise ErrorFeedbackError(f"layer statistics are {h.shape[0]}-wide but the rows are {d}-wide", codec=name)
+    if params.refit and not getattr(codec, "refits_scales", False):
+        raise ErrorFeedbackError(f"codec {name!r} cannot refit its scales (error_feedback.refit)", codec=name)
     bound = codec.bind_rows(state, w, stats=stats)
     atom = int(codec.column_atom(bound))
     if atom < 1 or d % atom:
@@ -207,10 +212,15 @@ def quantize_with_feedback(
             f"({bad} of {w_hat.size} weights differ): its quantize_columns and encode disagree",
             codec=name,
         )
+    if params.refit:
+        h_damped = np.array(h, dtype=np.float64)
+        h_damped[np.diag_indices(d)] += damp_used * float(np.mean(diag)) if d else 0.0
+        codes = codec.refit_scales(state, codes, w, h_damped)
     meta = {
         "damp": damp_used,
         "block": width,
         "act_order": bool(params.act_order),
+        "refit": bool(params.refit),
         "column_atom": atom,
         "dead_inputs": int(np.sum(diag <= 0)),
     }

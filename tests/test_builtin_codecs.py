@@ -194,6 +194,10 @@ def test_rtn_params_validation():
         assert info.value.field == "group_size"
     with pytest.raises(ParamError):
         RtnParams(symmetric="yes")
+    for bad in ("normal", "", None, 1):
+        with pytest.raises(ParamError) as info:
+            RtnParams(levels=bad)
+        assert info.value.field == "levels"
     with pytest.raises(ValueError, match="unknown lane width"):
         RtnParams(lane_width="F16x8")
     assert RtnParams(lane_width="U8x64").lane_width is LaneWidth.U8x64
@@ -410,6 +414,34 @@ def test_rtn_clip_lowers_the_error_it_searches_for(symmetric):
     assert weighted(y_w) < weighted(y_u)  # per group the weighted pick is optimal on the grid
     # same format and bits as without clip
     assert RTN.bits(state, 64, 128) == RTN.bits(RTN.fit(rows, plain, np.random.default_rng(0)), 64, 128)
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_rtn_gaussian_levels(symmetric):
+    rows = normal_rows(64, 256, seed=21)
+    errors = {}
+    for levels in ("uniform", "gaussian"):
+        params = RtnParams(bits=4, group_size=128, symmetric=symmetric, clip=True, levels=levels)
+        state, codes, y = round_trip(RTN, params, rows)
+        errors[levels] = rel_l2(rows, y)
+        # same storage and bits; decode is the level of each code times the scale
+        assert codes.arrays["q"].dtype == (np.int8 if symmetric else np.uint8)
+        assert RTN.bits(state, 64, 256).total_bpw == (4.125 if symmetric else 4.25)
+    # normal weights: Lloyd-Max levels cut the squared error by about a sixth at 4 bits
+    assert errors["gaussian"] ** 2 < 0.9 * errors["uniform"] ** 2  # measured 0.80-0.85
+    state = RTN.fit(rows, RtnParams(bits=3, symmetric=symmetric, levels="gaussian"), np.random.default_rng(0))
+    codes = RTN.encode(state, rows)
+    q = codes.arrays["q"].astype(int)
+    values = np.unique(RTN.decode(state, codes) if symmetric else q)
+    assert len(np.unique(q)) == (7 if symmetric else 8) and q.min() == (-3 if symmetric else 0)
+    if symmetric:  # levels are odd-symmetric about zero: code 0 decodes to 0
+        np.testing.assert_array_equal(RTN.decode(state, codes)[q == 0], 0.0)
+    else:
+        assert values[-1] == 7
+    # a constant row (zero scale) decodes exactly
+    flat = np.full((2, 16), 0.25, dtype=np.float32)
+    st = RTN.fit(flat, RtnParams(bits=4, symmetric=False, levels="gaussian"), np.random.default_rng(0))
+    np.testing.assert_allclose(RTN.decode(st, RTN.encode(st, flat)), flat, rtol=1e-3)
 
 
 @pytest.mark.parametrize("clip", [False, True])

@@ -151,6 +151,17 @@ def test_error_feedback_needs_a_codec_that_quantizes_columns_in_a_codec_rule(tmp
     assert info.value.path == "$.routes[0].error_feedback"
 
 
+def test_error_feedback_refit_needs_a_codec_that_refits(tmp_path):
+    top = {"name": "top", "codec": "rtn", "params": {"bits": 4, "group_size": 32}, "calibration": CAL,
+           "error_feedback": {"refit": True}}
+    assert load_candidate(_write(tmp_path, "ok.yaml", top)).error_feedback.refit is True
+    path = _write(tmp_path, "top.yaml", {**top, "routes": [{"match": "x", "codec": "campq",
+                                                             "params": {"subspace_dim": 8, "centroids": 16}}]})
+    with pytest.raises(ConfigError, match="cannot refit") as info:
+        load_candidate(path)
+    assert info.value.path == "$.routes[0].error_feedback.refit"
+
+
 def test_serve_resolves_candidate_files_inside_its_roots_only(tmp_path):
     from helix_framework.serve.app import _rooted_route_files
 

@@ -11,6 +11,7 @@ a config may set it like any codec's) but changes nothing numerically.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, ClassVar
 
@@ -94,6 +95,15 @@ def _check_flag(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
         raise ParamError(attribute.name, f"must be true or false, got {value!r}")
 
 
+#: Code spacings ``rtn`` accepts (``levels``).
+RTN_LEVELS: tuple[str, ...] = ("uniform", "gaussian")
+
+
+def _check_levels(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value not in RTN_LEVELS:
+        raise ParamError("levels", f"must be one of {', '.join(RTN_LEVELS)}, got {value!r}")
+
+
 @attrs.frozen
 class RtnParams:
     """Params of ``rtn``.
@@ -111,9 +121,16 @@ class RtnParams:
       centre asymmetric) and keep the factor with the least squared error of
       the group, weighted by the Hessian diagonal of its columns when layer
       statistics are given. Same format and bits; only the scales change.
+    - ``levels``: ``uniform`` (evenly spaced codes, the default) or
+      ``gaussian``: the 2^b (asymmetric) or 2^b - 1 (symmetric) levels of
+      the Lloyd-Max quantizer of a standard normal, stretched so the outer
+      levels sit where uniform's do. After a Hadamard rotation a group's
+      weights are close to normal, and these levels give them less squared
+      error than even spacing at the same bits; scales and zeros are stored
+      as for ``uniform``.
     - ``lane_width``: accepted for config uniformity.
 
-    ``bits``, ``group_size`` and ``symmetric`` would change the machine code
+    ``bits``, ``group_size``, ``symmetric`` and ``levels`` would change the machine code
     of an RTN kernel; ``clip`` only changes which scales are stored.
     """
 
@@ -122,6 +139,7 @@ class RtnParams:
     symmetric: bool = attrs.field(default=True, validator=_check_flag)
     lane_width: LaneWidth = _lane_width_field(codegen=True)
     clip: bool = attrs.field(default=False, validator=_check_flag, metadata={"codegen": False})
+    levels: str = attrs.field(default="uniform", validator=_check_levels)
 
 
 #: Range shrink factors ``clip`` tries, largest first (ties keep the larger).
@@ -164,6 +182,7 @@ class RtnCodec(Codec):
     Params: ClassVar[type] = RtnParams
     takes_stats: ClassVar[bool] = True
     quantizes_columns: ClassVar[bool] = True
+    refits_scales: ClassVar[bool] = True
 
     def fit(self, rows: np.ndarray, params: Any, rng: np.random.Generator, stats: Any = None) -> CodecState:
         row_dim = int(_rows_f32(rows).shape[1])
@@ -175,6 +194,8 @@ class RtnCodec(Codec):
         }
         if params.clip:
             meta["clip"] = True
+        if params.levels != "uniform":
+            meta["levels"] = params.levels
         return CodecState(meta=meta)
 
     @staticmethod
@@ -207,6 +228,7 @@ class RtnCodec(Codec):
         """float16 (scales, zeros or None) of every group, clip-searched when asked."""
         if not meta.get("clip"):
             return _group_scales(groups, meta["bits"], meta["symmetric"], 1.0)
+        table = _level_table(meta)
         weights = None
         if stats is not None:
             diag = np.asarray(stats.diag, dtype=np.float64)
@@ -215,8 +237,8 @@ class RtnCodec(Codec):
         best = None
         for shrink in CLIP_SHRINK:
             s16, lo16 = _group_scales(groups, meta["bits"], meta["symmetric"], shrink)
-            q = _quantize(groups, s16, lo16, meta["bits"])
-            err = np.square(_dequantize(q, s16, lo16) - groups, dtype=np.float64)
+            q = _quantize(groups, s16, lo16, meta["bits"], table)
+            err = np.square(_dequantize(q, s16, lo16, table) - groups, dtype=np.float64)
             err = (err * weights).sum(axis=2) if weights is not None else err.sum(axis=2)
             if best is None:
                 best, s_best, lo_best = err, s16, lo16
@@ -239,7 +261,7 @@ class RtnCodec(Codec):
                 raise ValueError(f"rtn state is bound to a matrix of {s16.shape[0]} rows; got {n} rows")
         else:
             s16, lo16 = self._scales(meta, groups, stats)
-        q = _quantize(groups, s16, lo16, meta["bits"])
+        q = _quantize(groups, s16, lo16, meta["bits"], _level_table(meta))
         arrays = {"scales": s16} if lo16 is None else {"scales": s16, "zeros": lo16}
         arrays["q"] = np.ascontiguousarray(q.reshape(n, -1)[:, :d])
         return Codes(arrays=arrays)
@@ -249,7 +271,7 @@ class RtnCodec(Codec):
         n, d = q.shape
         g, n_groups = self._group(dict(state.meta), d)
         s = np.repeat(np.asarray(codes.arrays["scales"]).astype(np.float32), g, axis=1)[:, :d]
-        out = q.astype(np.float32) * s
+        out = _code_values(q, _level_table(dict(state.meta))) * s
         if not state.meta["symmetric"]:
             out += np.repeat(np.asarray(codes.arrays["zeros"]).astype(np.float32), g, axis=1)[:, :d]
         return out
@@ -280,7 +302,71 @@ class RtnCodec(Codec):
         v = np.asarray(values, dtype=np.float32)[:, :, None]  # [n, 1 column, 1] like [n, groups, g]
         s16 = np.asarray(state.arrays["scales"])[:, grp : grp + 1]
         lo16 = None if meta["symmetric"] else np.asarray(state.arrays["zeros"])[:, grp : grp + 1]
-        return _dequantize(_quantize(v, s16, lo16, meta["bits"]), s16, lo16)[:, :, 0]
+        table = _level_table(meta)
+        return _dequantize(_quantize(v, s16, lo16, meta["bits"], table), s16, lo16, table)[:, :, 0]
+
+    def refit_scales(self, state: CodecState, codes: Codes, rows: np.ndarray, hessian: np.ndarray) -> Codes:
+        """``codes`` with every row's scales (and zeros) re-solved for its codes.
+
+        With the integer codes fixed, a row's reconstruction is linear in its
+        group scales and zeros, so the output error
+        ``(w - w_hat)^T H (w - w_hat)`` against the original row ``w`` has a
+        closed-form minimum: one small least-squares system per row (2 x
+        groups unknowns asymmetric, groups symmetric). The float16-rounded
+        solution is kept only for rows where it lowers that error.
+        """
+        meta = dict(state.meta)
+        w = self._checked(state, rows).astype(np.float64)
+        table = _level_table(meta)
+        q_codes = np.asarray(codes.arrays["q"])
+        q = _code_values(q_codes, table).astype(np.float64)
+        h = np.asarray(hessian, dtype=np.float64)
+        n, d = q.shape
+        g, n_groups = self._group(meta, d)
+        starts = np.arange(0, d, g)
+        per = [1] if meta["symmetric"] else [1, 0]  # basis: code * scale, then 1 * zero
+        k = len(per) * n_groups
+        lhs = np.empty((n, k, k))
+        for a, c0 in enumerate(starts):
+            c1 = min(c0 + g, d)
+            ha = h[c0:c1]  # [g, d]
+            pq = q[:, c0:c1] @ ha  # q_a^T H[a, :], per row
+            lhs[:, a, :n_groups] = np.add.reduceat(pq * q, starts, axis=1)
+            if not meta["symmetric"]:
+                p1 = ha.sum(axis=0)  # 1^T H[a, :]
+                lhs[:, a, n_groups:] = np.add.reduceat(pq, starts, axis=1)
+                lhs[:, n_groups + a, n_groups:] = np.add.reduceat(p1, starts)[None, :]
+                lhs[:, n_groups + a, :n_groups] = np.add.reduceat(p1[None, :] * q, starts, axis=1)
+        wh = w @ h
+        rhs = [np.add.reduceat(wh * q, starts, axis=1)]
+        if not meta["symmetric"]:
+            rhs.append(np.add.reduceat(wh, starts, axis=1))
+        rhs = np.concatenate(rhs, axis=1)
+        # A tiny ridge keeps a group whose codes are all equal (scale and zero
+        # not separable) solvable; it does not move a well-posed solution.
+        ridge = 1e-9 * np.maximum(np.einsum("nii->n", lhs) / k, 1e-30)
+        lhs[:, np.arange(k), np.arange(k)] += ridge[:, None]
+        with np.errstate(all="ignore"):
+            try:
+                theta = np.linalg.solve(lhs, rhs[:, :, None])[:, :, 0]
+            except np.linalg.LinAlgError:
+                return codes
+        s16 = np.clip(theta[:, :n_groups], -_F16_MAX, _F16_MAX).astype(np.float16)
+        lo16 = None if meta["symmetric"] else np.clip(theta[:, n_groups:], -_F16_MAX, _F16_MAX).astype(np.float16)
+        old_s = np.asarray(codes.arrays["scales"])
+        old_lo = None if meta["symmetric"] else np.asarray(codes.arrays["zeros"])
+        qg = self._grouped(meta, q_codes)
+
+        def error(s: np.ndarray, lo: np.ndarray | None) -> np.ndarray:
+            diff = w - _dequantize(qg, s, lo, table).reshape(n, -1)[:, :d]
+            return np.einsum("nd,nd->n", diff @ h, diff)
+
+        better = np.isfinite(theta).all(axis=1) & (error(s16, lo16) < error(old_s, old_lo))
+        arrays = dict(codes.arrays)
+        arrays["scales"] = np.where(better[:, None], s16, old_s)
+        if lo16 is not None:
+            arrays["zeros"] = np.where(better[:, None], lo16, old_lo)
+        return attrs.evolve(codes, arrays=arrays)
 
 
 def _group_scales(groups: np.ndarray, bits: int, symmetric: bool, shrink: float) -> tuple[np.ndarray, np.ndarray | None]:
@@ -303,21 +389,75 @@ def _group_scales(groups: np.ndarray, bits: int, symmetric: bool, shrink: float)
         return np.clip(scale, 0.0, _F16_MAX).astype(np.float16), lo16
 
 
-def _quantize(groups: np.ndarray, s16: np.ndarray, lo16: np.ndarray | None, bits: int) -> np.ndarray:
-    """Integer codes of groups [n, G, g] on the grid (s16, lo16) [n, G]."""
+@functools.cache
+def _gaussian_levels(count: int) -> np.ndarray:
+    """The ``count`` Lloyd-Max levels of a standard normal, divided by the outermost (so in [-1, 1])."""
+    from scipy.special import ndtr, ndtri  # the normal CDF and its inverse (scipy.stats imports for seconds)
+
+    def pdf(x: np.ndarray) -> np.ndarray:
+        return np.exp(-0.5 * np.square(x)) / math.sqrt(2 * math.pi)
+
+    levels = ndtri((np.arange(count) + 0.5) / count)
+    for _ in range(500):  # Lloyd: thresholds at midpoints, levels at the centroids between them
+        edges = np.concatenate(([-np.inf], (levels[1:] + levels[:-1]) / 2, [np.inf]))
+        levels = (pdf(edges[:-1]) - pdf(edges[1:])) / (ndtr(edges[1:]) - ndtr(edges[:-1]))
+    levels = (levels - levels[::-1]) / 2  # exactly antisymmetric
+    return levels / levels[-1]
+
+
+def _level_table(meta: dict[str, Any]) -> np.ndarray | None:
+    """The float32 value of each code (indexed from the lowest code), or None for uniform codes."""
+    if meta.get("levels", "uniform") == "uniform":
+        return None
+    bits = int(meta["bits"])
+    if meta["symmetric"]:  # 2^b - 1 levels spanning [-qmax, qmax]
+        qmax = 2 ** (bits - 1) - 1
+        return (qmax * _gaussian_levels(2 * qmax + 1)).astype(np.float32)
+    top = 2**bits - 1  # 2^b levels spanning [0, 2^b - 1]
+    return (top / 2 * (1.0 + _gaussian_levels(top + 1))).astype(np.float32)
+
+
+def _nearest_level(x: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """Index of the level nearest each x (a tie goes to the lower level): the
+    number of midpoints between levels below x."""
+    mid = (table[1:] + table[:-1]) / 2
+    if len(mid) > 31 or x.size < 16384:  # wide tables, or one column (per-call overhead)
+        return np.searchsorted(mid, x, side="left")
+    q = np.zeros(x.shape, dtype=np.int16)  # up to 5 bits, a compare per midpoint is 10x faster
+    for m in mid:
+        q += x > m
+    return q
+
+
+def _code_values(q: np.ndarray, table: np.ndarray | None) -> np.ndarray:
+    """float32 value of every code: the code itself (uniform) or its level."""
+    if table is None:
+        return q.astype(np.float32)
+    offset = (len(table) - 1) // 2 if q.dtype == np.int8 else 0  # symmetric codes start at -qmax
+    return table[q.astype(np.intp) + offset]
+
+
+def _quantize(groups: np.ndarray, s16: np.ndarray, lo16: np.ndarray | None, bits: int,
+              table: np.ndarray | None = None) -> np.ndarray:
+    """Integer codes of groups [n, G, g] on the grid (s16, lo16) [n, G] (and levels ``table``)."""
     s = s16.astype(np.float32)[:, :, None]
     with np.errstate(divide="ignore", invalid="ignore"):
+        x = groups / s if lo16 is None else (groups - lo16.astype(np.float32)[:, :, None]) / s
+        if table is None:
+            q = np.where(s > 0, np.rint(x), 0.0)
+        else:
+            start = -((len(table) - 1) // 2) if lo16 is None else 0
+            q = np.where(s > 0, _nearest_level(x, table) + start, 0)  # x is NaN only where s is 0
         if lo16 is None:
             qmax = 2 ** (bits - 1) - 1
-            q = np.where(s > 0, np.rint(groups / s), 0.0)
             return np.clip(q, -qmax, qmax).astype(np.int8)
-        q = np.where(s > 0, np.rint((groups - lo16.astype(np.float32)[:, :, None]) / s), 0.0)
         return np.clip(q, 0, 2**bits - 1).astype(np.uint8)
 
 
-def _dequantize(q: np.ndarray, s16: np.ndarray, lo16: np.ndarray | None) -> np.ndarray:
+def _dequantize(q: np.ndarray, s16: np.ndarray, lo16: np.ndarray | None,
+                table: np.ndarray | None = None) -> np.ndarray:
     """The float32 values of codes [n, G, g]: the same operations as ``decode``."""
-    out = q.astype(np.float32) * s16.astype(np.float32)[:, :, None]
+    out = _code_values(q, table) * s16.astype(np.float32)[:, :, None]
     if lo16 is not None:
         out += lo16.astype(np.float32)[:, :, None]
     return out

@@ -405,7 +405,11 @@ def _data_aware(shape: _CandidateShape, codec: Any, host: Any) -> tuple[Any, Any
                           "so it cannot run error feedback", path="$.error_feedback")
     from helix_framework.error_feedback import ErrorFeedbackParams
 
-    return calibration, structure(shape.error_feedback, ErrorFeedbackParams, path="$.error_feedback")
+    feedback = structure(shape.error_feedback, ErrorFeedbackParams, path="$.error_feedback")
+    if feedback.refit and not codec.refits_scales:
+        raise ConfigError(f"codec {shape.codec!r} cannot refit its scales (refits_scales)",
+                          path="$.error_feedback.refit")
+    return calibration, feedback
 
 
 def _rotation(value: Any, host: Any) -> RotationChoice:
