@@ -82,7 +82,7 @@ def main() -> None:
 
 def _bits(source, cand, host) -> float:
     """Mean total bits per weight over the codec-routed matrices (from one
-    fit per distinct shape: bits depend on the shape, not the values)."""
+    fit per route choice and shape: bits depend on those, not the values)."""
     import numpy as np
 
     from helix_framework.calibrate import fit_reconstruct, resolve, route_and_read, split_rows, tensor_rng
@@ -90,19 +90,22 @@ def _bits(source, cand, host) -> float:
 
     comp = resolve(cand, host)
     total_bits = total_weights = 0
-    per_shape: dict[tuple[int, int], float] = {}
+    per_shape: dict[tuple[int, tuple[int, int]], float] = {}
     for info in source.tensors():
         routed = route_and_read(source, info, cand)
         if routed.route != "codec":
             continue
         x = routed.rows
-        if x.shape not in per_shape:
-            split = split_rows(x.shape[0], cand.rows, cand.in_sample, info.name)
+        chosen = comp.for_tensor(info.name)  # a route choice's components, or the candidate's
+        key = (cand.choice_index(info.name), x.shape)
+        if key not in per_shape:
+            split = split_rows(x.shape[0], chosen.candidate.rows, chosen.candidate.in_sample, info.name)
             # a data-aware candidate's components need statistics; any Hessian gives the same bits
             stats = LayerStats(np.eye(x.shape[1]), 1) if cand.calibration is not None else None
-            per_shape[x.shape] = fit_reconstruct(x, split.calibration, comp, cand.params, info.name,
-                                                 tensor_rng(cand.rows.seed, info.name), stats=stats).bits["total_bits"]
-        total_bits += per_shape[x.shape]
+            per_shape[key] = fit_reconstruct(
+                x, split.calibration, chosen, chosen.candidate.params, info.name,
+                tensor_rng(chosen.candidate.rows.seed, info.name), stats=stats).bits["total_bits"]
+        total_bits += per_shape[key]
         total_weights += x.size
     return float(total_bits / total_weights) if total_weights else float(np.nan)
 

@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT = ["configs/codec/40_dataaware_4bit.yaml", "configs/codec/41_dataaware_3bit.yaml",
+DEFAULT = ["configs/codec/48_gptq_int4_g128.yaml", "configs/codec/49_gptq_int3_g128.yaml",
            "configs/codec/42_dataaware_2bit.yaml"]
 
 

@@ -8,11 +8,13 @@ the uncompressed model over the same teacher-forced positions of the
 built-in prompt set. Rows:
 
 - the three shipped candidates, configs/codec/40, 41 and 42;
-- one ablation per part of 40 (and of 41 where the part matters at 3 bits):
-  error feedback off, rotation off, AWQ-style scaling instead of the
+- one ablation per part of 40: Lloyd-Max (gaussian) levels replaced by
+  even ones, its 5-bit tensors (attn_v, some ffn_down) at 4 bits like the
+  rest, error feedback off, rotation off, AWQ-style scaling instead of the
   Hadamard rotation, propagation through the reference blocks instead of
-  the compressed ones, and a codebook (campq residual VQ with error
-  feedback, GPTVQ-style) in place of scalar codes;
+  the compressed ones; 48, the GPTQ-style int4 g128 recipe 40 was before; and
+  a codebook (campq residual VQ 2x256 with error feedback, GPTVQ-style) in
+  place of 42's int2 codes;
 - data-free anchors: RTN int4 g128 symmetric, llama.cpp types through the
   ``gguf`` codec (without statistics its bytes equal llama.cpp's quantizer:
   Q4_0, IQ4_NL, Q4_K, which falls back to Q5_0 on SmolLM2's 576-wide rows,
@@ -58,6 +60,14 @@ def _changed(base: dict, **parts: object) -> dict:
     return out
 
 
+def _with_params(base: dict, **params: object) -> dict:
+    """``base`` with ``params`` changed in the candidate and in every codec route rule."""
+    out = copy.deepcopy(base)
+    for place in [out] + [rule for rule in out.get("routes", []) if "codec" in rule]:
+        place["params"] = {**place.get("params", {}), **params}
+    return out
+
+
 def rows() -> list[tuple[str, dict]]:
     """(label, candidate mapping) of every row, in table order."""
     c40, c41, c42 = (_file(n) for n in ("40_dataaware_4bit.yaml", "41_dataaware_3bit.yaml", "42_dataaware_2bit.yaml"))
@@ -68,14 +78,13 @@ def rows() -> list[tuple[str, dict]]:
         ("40_dataaware_4bit", c40),
         ("41_dataaware_3bit", c41),
         ("42_dataaware_2bit", c42),
+        ("40 with uniform levels", _with_params(c40, levels="uniform")),
+        ("40 without its 5-bit tensors", _changed(c40, routes=None)),
         ("40 without error feedback", _changed(c40, error_feedback=None)),
         ("40 without rotation", _changed(c40, rotation=None)),
         ("40 with awq scaling instead of hadamard", _changed(c40, rotation={"kind": "awq"})),
         ("40 with propagate: reference", _changed(c40, calibration={**cal, "propagate": "reference"})),
-        ("41 with propagate: reference", _changed(c41, calibration={**c41["calibration"], "propagate": "reference"})),
-        ("41 without error feedback", _changed(c41, error_feedback=None)),
-        ("codebook: campq 3x256 of 8 + hadamard, error feedback", _changed(
-            c41, codec="campq", params={**VQ, "residual": {"depth": 2, "centroids": 256}}, error_feedback=ef)),
+        ("48_gptq_int4_g128 (40 until Lloyd-Max levels)", _file("48_gptq_int4_g128.yaml")),
         ("codebook: campq 2x256 of 8 + hadamard, error feedback", _changed(
             c42, codec="campq", params={**VQ, "residual": {"depth": 1, "centroids": 256}}, error_feedback=ef)),
         ("rtn int4 g128 symmetric (data-free)", {**plain, "codec": "rtn", "params": {"bits": 4, "group_size": 128}}),

@@ -395,3 +395,33 @@ def test_probe_fits_a_data_aware_candidate_with_its_layer_statistics(host, tiny)
     StatsCodec.seen.clear()
     probe(tiny, name, candidate(host, codec="stats_seen", calibration=None, measure=["rel_l2"]), [16], host=host)
     assert StatsCodec.seen["fit"] == [None]
+
+
+def test_gaussian_levels_refit_and_a_5_bit_route_round_trip_through_artifacts(tmp_path, host, tiny):
+    """40's shape of candidate (rtn on Lloyd-Max levels under error feedback,
+    a route rule at 5 bits) plus refit: the artifacts decode to exactly the
+    weights fitted in memory, and each tensor records its rule's bits and levels."""
+    import json
+
+    from helix_framework.calibrate import weights_from_artifacts, weights_from_config
+    from helix_framework.sources import open_source
+
+    params = {"bits": 4, "group_size": 16, "symmetric": False, "clip": True, "levels": "gaussian"}
+    cand = candidate(host, codec="rtn", params=params, error_feedback={"refit": True}, measure=["rel_l2"],
+                     routes=[{"match": "_proj", "route": "codec"},
+                             {"match": "v_proj", "codec": "rtn", "params": {**params, "bits": 5}}])
+    calibrate(tiny, cand, tmp_path / "out", host=host)
+    with open_source(tiny) as source:
+        on_disk = weights_from_artifacts(tmp_path / "out", source, host)
+        in_memory = weights_from_config(source, cand, host)
+    assert sorted(on_disk) == sorted(in_memory) and len(on_disk) == 14
+    for name, w in on_disk.items():
+        np.testing.assert_array_equal(w, in_memory[name])
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    entries = {e["name"]: e for e in manifest["tensors"] if e.get("route") == "codec"}
+    v_names = [n for n in entries if "v_proj" in n]
+    assert v_names and all(entries[n]["choice"]["candidate"] == "da[1]" for n in v_names)
+    assert all("choice" not in entries[n] for n in entries if "v_proj" not in n)
+    for name, entry in entries.items():
+        bits = 5 if "v_proj" in name else 4
+        assert entry["bits"]["code_bpw"] == bits and entry["codec_meta"]["state"]["levels"] == "gaussian"
