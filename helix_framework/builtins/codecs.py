@@ -178,7 +178,7 @@ class RtnCodec(Codec):
     """
 
     name: ClassVar[str] = "rtn"
-    version: ClassVar[str] = "1.1.0"
+    version: ClassVar[str] = "1.2.0"
     Params: ClassVar[type] = RtnParams
     takes_stats: ClassVar[bool] = True
     quantizes_columns: ClassVar[bool] = True
