@@ -23,7 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT = ["configs/codec/48_gptq_int4_g128.yaml", "configs/codec/49_gptq_int3_g128.yaml",
-           "configs/codec/42_dataaware_2bit.yaml"]
+           "configs/codec/50_gptq_int2_g128.yaml"]
 
 
 def child(args: list[str]) -> tuple[dict, float, float]:

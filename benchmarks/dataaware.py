@@ -13,8 +13,8 @@ built-in prompt set. Rows:
   rest, error feedback off, rotation off, AWQ-style scaling instead of the
   Hadamard rotation, propagation through the reference blocks instead of
   the compressed ones; 48, the GPTQ-style int4 g128 recipe 40 was before; and
-  a codebook (campq residual VQ 2x256 with error feedback, GPTVQ-style) in
-  place of 42's int2 codes;
+  50, the int2 recipe 42 was; and a codebook (campq residual VQ 2x256 with
+  error feedback, GPTVQ-style) in place of 50's int2 codes;
 - data-free anchors: RTN int4 g128 symmetric, llama.cpp types through the
   ``gguf`` codec (without statistics its bytes equal llama.cpp's quantizer:
   Q4_0, IQ4_NL, Q4_K, which falls back to Q5_0 on SmolLM2's 576-wide rows,
@@ -71,6 +71,7 @@ def _with_params(base: dict, **params: object) -> dict:
 def rows() -> list[tuple[str, dict]]:
     """(label, candidate mapping) of every row, in table order."""
     c40, c41, c42 = (_file(n) for n in ("40_dataaware_4bit.yaml", "41_dataaware_3bit.yaml", "42_dataaware_2bit.yaml"))
+    c50 = _file("50_gptq_int2_g128.yaml")
     cal = c40["calibration"]
     ef = c40["error_feedback"]
     plain = {"rows": ROWS_SPLIT}
@@ -85,8 +86,9 @@ def rows() -> list[tuple[str, dict]]:
         ("40 with awq scaling instead of hadamard", _changed(c40, rotation={"kind": "awq"})),
         ("40 with propagate: reference", _changed(c40, calibration={**cal, "propagate": "reference"})),
         ("48_gptq_int4_g128 (40 until Lloyd-Max levels)", _file("48_gptq_int4_g128.yaml")),
+        ("50_gptq_int2_g128 (42 until its 3-bit tensors)", c50),
         ("codebook: campq 2x256 of 8 + hadamard, error feedback", _changed(
-            c42, codec="campq", params={**VQ, "residual": {"depth": 1, "centroids": 256}}, error_feedback=ef)),
+            c50, codec="campq", params={**VQ, "residual": {"depth": 1, "centroids": 256}}, error_feedback=ef)),
         ("rtn int4 g128 symmetric (data-free)", {**plain, "codec": "rtn", "params": {"bits": 4, "group_size": 128}}),
         ("gguf Q4_0 (llama.cpp quantizer)", {**plain, "codec": "gguf", "params": {"type": "Q4_0"}}),
         ("gguf IQ4_NL (llama.cpp quantizer)", {**plain, "codec": "gguf", "params": {"type": "IQ4_NL"}}),

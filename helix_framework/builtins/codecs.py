@@ -324,8 +324,7 @@ class RtnCodec(Codec):
         n, d = q.shape
         g, n_groups = self._group(meta, d)
         starts = np.arange(0, d, g)
-        per = [1] if meta["symmetric"] else [1, 0]  # basis: code * scale, then 1 * zero
-        k = len(per) * n_groups
+        k = n_groups if meta["symmetric"] else 2 * n_groups  # unknowns: the scales, then the zeros
         lhs = np.empty((n, k, k))
         for a, c0 in enumerate(starts):
             c1 = min(c0 + g, d)
