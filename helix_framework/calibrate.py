@@ -451,7 +451,8 @@ def _calibrate_locked(source: ModelSource, model: Path, candidate: CandidateConf
                 return kept.get(info.name)
 
             calibration_text = each_tensor(source, infos, candidate.calibration, handle, progress=progress,
-                                           on_tensor=on_tensor, block_store=block_store)
+                                           on_tensor=on_tensor, block_store=block_store,
+                                           wants_stats=wants_stats(candidate, selector))
             entries = [entries_by_name[info.name] for info in infos]  # source order, whatever the visit order
             manifest = {
                 "schema_version": artifacts.SCHEMA_VERSION,
@@ -586,6 +587,18 @@ def route_and_read(source: ModelSource, info: Any, candidate: CandidateConfig, s
                 bad = int((~np.isfinite(x)).sum())
                 route, reason, x = "skip", f"contains {bad} NaN or infinite value(s); kept as is", None
     return Routed(route, reason, decision.rule, reshape, x)
+
+
+def wants_stats(candidate: CandidateConfig, selector: Any = None) -> Callable[[Any], bool]:
+    """``wants(info)``: whether a tensor may reach the codec (its route and
+    the ``--tensors`` filter), so `each_tensor` observes only those layers."""
+
+    def wants(info: Any) -> bool:
+        if selector is not None and not selector.search(info.name):
+            return False
+        return route_tensor(info.name, tuple(info.shape), candidate.routes).route == "codec"
+
+    return wants
 
 
 def _calibrate_one(
@@ -779,7 +792,7 @@ def weights_from_config(source: ModelSource, candidate: CandidateConfig, host: A
         return out[info.name]
 
     each_tensor(source, source.tensors(), candidate.calibration, fit_one, on_tensor=on_tensor,
-                block_store=block_store)
+                block_store=block_store, wants_stats=wants_stats(candidate, selector))
     return out
 
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Container, Iterator, Mapping, Sequence
 
 import attrs
 import numpy as np
@@ -39,7 +39,7 @@ import numpy as np
 from helix_framework.config import canonical_json
 from helix_framework.errors import ConfigError, LayerInputError
 from helix_framework.layer_stats import LayerStats
-from helix_framework.reference.base import current_window
+from helix_framework.reference.base import StopWindow, current_window
 
 #: ``on_step(phase, i, n)``: called before step ``i`` of ``n``; raise to stop.
 StepCallback = Callable[[str, int, int], None]
@@ -182,6 +182,7 @@ HandleTensor = Callable[[Any, "BlockStats | None"], "np.ndarray | None"]
 def each_tensor(
     source: Any, infos: Sequence[Any], calibration: Any, handle: HandleTensor, *, progress: bool = False,
     on_tensor: Callable[[int, int, str], None] | None = None, block_store: BlockStore | None = None,
+    wants_stats: Callable[[Any], bool] | None = None,
 ) -> dict[str, Any] | None:
     """Call ``handle(info, stats)`` once for every tensor of ``infos``;
     ``on_tensor(i, n, name)`` before each (an exception it raises stops the
@@ -196,7 +197,9 @@ def each_tensor(
     quantized``) or None to keep the tensor as it is. Returns what the
     manifest records about the calibration text (None without it).
     ``block_store`` keeps the reference's blocks on these windows for the
-    next call (see `ReferenceBlocks`).
+    next call (see `ReferenceBlocks`). ``wants_stats(info)`` says which
+    tensors may use statistics (None: all): blocks after the last of them are
+    not run, and groups of layers without one are not observed.
     """
     done = 0
 
@@ -239,8 +242,9 @@ def each_tensor(
         for a in (windows.ids, windows.fit, windows.held_out):
             key.update(np.ascontiguousarray(a, dtype=np.int64).tobytes() + b"|")
         reference = block_store(key.hexdigest())
+    fit_names = None if wants_stats is None else {info.name for info in infos if wants_stats(info)}
     run_blocks(model, windows.ids, windows.fit, windows.held_out, fit_block, propagate=cal.propagate,
-               progress=progress, reference=reference)
+               progress=progress, reference=reference, fit_names=fit_names)
     settings = {"text": cal.text, "sequences": cal.sequences, "tokens": cal.tokens, "seed": cal.seed,
                 "held_out_fraction": cal.held_out, "propagate": cal.propagate}
     return windows.to_json(settings)
@@ -254,6 +258,7 @@ FitBlock = Callable[[int, list[str], Mapping[str, BlockStats]], Mapping[str, np.
 def run_blocks(
     model: object, ids: np.ndarray, fit: np.ndarray, held_out: np.ndarray, fit_block: FitBlock, *,
     propagate: str = "quantized", progress: bool = False, reference: ReferenceBlocks | None = None,
+    fit_names: Container[str] | None = None,
 ) -> None:
     """Run windows ``ids [B, T]`` through ``model`` block by block (see the module docstring).
 
@@ -261,17 +266,34 @@ def run_blocks(
     statistics and the held-out ones. ``model`` is a `DecoderModel`, ideally
     loaded lazily (``load_model(..., lazy=True)``). ``reference`` holds the
     reference's blocks on these windows from an earlier run; those computed
-    here are added to it.
+    here are added to it. ``fit_names``: the tensors that need statistics
+    (None: all); a block without any gets ``fit_block`` with none, and the
+    windows stop after the last block that has one.
     """
-    h_fit = model.embed_windows(ids[fit])
-    h_held = model.embed_windows(ids[held_out]) if held_out.size else None
+    wanted = [layer for layer in range(model.n_layers)
+              if fit_names is None or any(n in fit_names for n in model.block_tensors(layer))]
+    h_fit = model.embed_windows(ids[fit]) if wanted else None
+    h_held = model.embed_windows(ids[held_out]) if wanted and held_out.size else None
     release_loaded(model)
     pristine = True  # the windows entering this block are the reference's
     for layer in _progress(range(model.n_layers), progress):
         names = model.block_tensors(layer)
+        if layer not in wanted and (reference is None or not pristine):
+            fit_block(layer, names, {})
+            if wanted and layer < wanted[-1]:  # a later block needs these windows
+                h_fit = model.block_windows(layer, h_fit)
+                h_held = model.block_windows(layer, h_held) if h_held is not None else None
+            model.weights.release(names)
+            continue
         known = reference.get(layer) if reference is not None and pristine else None
         if known is not None:
             collector, ref_fit, ref_held = known
+        elif propagate == "quantized" and (reference is None or not pristine):
+            # Fitted group by group (`_fit_sequential`), which collects each
+            # later group's inputs again: only the first group's are needed
+            # here, and the passes stop at them.
+            collector = _collect(model, layer, h_fit, h_held, _wanted(read_groups(model, layer, h_fit), fit_names)[:1])
+            ref_fit = ref_held = None
         else:
             collector = StatsCollector()
             model.linear_observer = collector
@@ -286,15 +308,17 @@ def run_blocks(
             if reference is not None and pristine:
                 reference.put(layer, collector, ref_fit, ref_held)
         if propagate == "quantized":
-            replacements = _fit_sequential(model, layer, names, collector, h_fit, h_held, fit_block)
+            replacements = _fit_sequential(model, layer, names, collector, h_fit, h_held, fit_block, fit_names)
         else:
             replacements = fit_block(layer, names, collector.result())
         # Not past the fit: a block's statistics are as large as its weights
         # (at 5,632 inputs the down projection's fit and held-out Hessians are
         # 0.5 GB), and the passes below hold several copies of the windows.
         collector = None
-        if propagate == "quantized" and replacements:
-            pristine = False
+        if layer == wanted[-1]:  # no later block needs the windows
+            h_fit = h_held = None
+        elif propagate == "quantized" and (replacements or ref_fit is None):
+            pristine = pristine and not replacements
             for name, w in replacements.items():
                 model.weights[name] = np.ascontiguousarray(w, dtype=np.float32)
             replacements = ref_fit = ref_held = None
@@ -359,62 +383,96 @@ def _progress_tensors(infos: Sequence[Any], enabled: bool) -> Iterator[Any]:
             yield info
 
 
-class _Stop(Exception):
-    """Ends a block's forward pass once the wanted layer input is seen."""
-
-
 def _fit_sequential(
     model: Any, layer: int, names: list[str], first: StatsCollector, h_fit: np.ndarray,
-    h_held: np.ndarray | None, fit_block: FitBlock,
+    h_held: np.ndarray | None, fit_block: FitBlock, fit_names: Container[str] | None = None,
 ) -> dict[str, np.ndarray]:
     """Fit a block's layers in the order they read their inputs (GPTQ's "true
     sequential": q/k/v, then o, then gate/up, then down), each group on the
     inputs of the block whose earlier layers are already replaced by their
-    reconstructions. The first group's statistics come from ``first``; each
-    later group's are collected again by running the block only up to that
-    group's input. The block's other tensors (norms, biases) come last."""
+    reconstructions. Statistics come from ``first`` while nothing is
+    replaced and it has them; otherwise they are collected again by running
+    the block only up to that group's input; a group without a tensor in
+    ``fit_names`` gets none. The block's other tensors (norms, biases) come
+    last."""
     stats = first.result()
-    groups: dict[str, list[str]] = {}
-    for name in stats:  # insertion order = the order the block reads them
-        groups.setdefault(min((name, *stats[name].shared_with), key=list(stats).index), []).append(name)
     replacements: dict[str, np.ndarray] = {}
-    for i, (head, members) in enumerate(groups.items()):
-        if i and replacements:  # unchanged layers before it: its inputs are the reference's, already in `stats`
-            collector = StatsCollector()
-            model.linear_observer = _Until(collector, head)
-            try:
-                for group, h in (("fit", h_fit), ("held_out", h_held)):
-                    collector.start_group(group)
-                    for b in range(0 if h is None else h.shape[0]):
-                        try:
-                            model.block_windows(layer, h[b : b + 1])
-                        except _Stop:
-                            pass
-            finally:
-                model.linear_observer = None
-            again = collector.result()[head]
-            group_stats = {n: attrs.evolve(again, shared_with=stats[n].shared_with) for n in members}
-        else:
-            group_stats = {n: stats[n] for n in members}
-        fitted = fit_block(layer, members, group_stats)
+    seen: set[str] = set()
+    groups = read_groups(model, layer, h_fit)
+    wanted = _wanted(groups, fit_names)
+    for group in groups:
+        group_stats = stats
+        if group not in wanted:
+            group_stats = {}
+        elif replacements or any(n not in stats for n in group):
+            group_stats = _collect(model, layer, h_fit, h_held, [group]).result()
+        fitted = fit_block(layer, group, {n: group_stats[n] for n in group if n in group_stats})
         for name, w in fitted.items():
             model.weights[name] = np.ascontiguousarray(w, dtype=np.float32)
         replacements.update(fitted)
-    rest = [n for n in names if n not in stats]
+        seen.update(group)
+    rest = [n for n in names if n not in seen]
     replacements.update(fit_block(layer, rest, {}) if rest else {})
     return replacements
 
 
-class _Until:
-    """An observer that passes ``head``'s input to ``collector`` and stops the pass there."""
+def _wanted(groups: list[list[str]], fit_names: Container[str] | None) -> list[list[str]]:
+    """The groups with a tensor that needs statistics."""
+    return [g for g in groups if fit_names is None or any(n in fit_names for n in g)]
 
-    def __init__(self, collector: StatsCollector, head: str) -> None:
-        self.collector, self.head = collector, head
+
+def read_groups(model: Any, layer: int, h: np.ndarray) -> list[list[str]]:
+    """Block ``layer``'s linear layers in the order it reads them, grouped
+    by shared input (q/k/v, gate/up), from one token of the first window."""
+    order: list[tuple[str, np.ndarray]] = []
+    model.linear_observer = lambda name, x: order.append((name, x))
+    try:
+        model.block_each(layer, [h[0][:1]])
+    finally:
+        model.linear_observer = None
+    groups: list[list[str]] = []
+    for i, (name, x) in enumerate(order):
+        if i and x is order[i - 1][1]:
+            groups[-1].append(name)
+        else:
+            groups.append([name])
+    return groups
+
+
+def _collect(model: Any, layer: int, h_fit: np.ndarray, h_held: np.ndarray | None,
+             groups: list[list[str]]) -> StatsCollector:
+    """The statistics of the layers in ``groups`` (the first groups block
+    ``layer`` reads) on the fit and held-out windows; each window's pass
+    stops at the last of them."""
+    collector = StatsCollector()
+    model.linear_observer = _Until(collector, [n for g in groups for n in g])
+    try:
+        for group, h in (("fit", h_fit), ("held_out", h_held)):
+            if h is not None:
+                collector.start_group(group)
+                model.block_each(layer, list(h))
+    finally:
+        model.linear_observer = None
+    return collector
+
+
+class _Until:
+    """An observer that passes the inputs of layers ``names`` to
+    ``collector`` and stops the window's pass at the last of them."""
+
+    window_ordered = True  # the collector adds windows in order, so they may run on several threads
+
+    def __init__(self, collector: StatsCollector, names: list[str]) -> None:
+        self.collector, self.names, self.last = collector, set(names), names[-1] if names else None
 
     def __call__(self, name: str, x: np.ndarray) -> None:
-        if name == self.head:
+        if name in self.names:
             self.collector(name, x)
-            raise _Stop
+            if name == self.last:
+                raise StopWindow
+
+    def abort(self) -> None:
+        self.collector.abort()
 
 
 def _progress(items: range, enabled: bool, desc: str = "calibrating blocks") -> Iterator[int]:

@@ -83,7 +83,8 @@ def _layer_stats(source: Any, tensor: str, candidate: CandidateConfig) -> BlockS
             raise _Found(stats)
 
     try:
-        each_tensor(source, source.tensors(), attrs.evolve(candidate.calibration, propagate="reference"), handle)
+        each_tensor(source, source.tensors(), attrs.evolve(candidate.calibration, propagate="reference"), handle,
+                    wants_stats=lambda info: info.name == tensor)
     except _Found as found:
         return found.stats
     return None

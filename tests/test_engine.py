@@ -37,7 +37,8 @@ def collect(model, ids, fit, held, replace=None, propagate="quantized", referenc
             return {}
         return {n: replace(model.weights[n]) for n in names if n.endswith("proj.weight")}
 
-    run_blocks(model, ids, fit, held, fit_block, propagate=propagate, reference=reference)
+    fit_names = None if layers is None else {n for i in layers for n in model.block_tensors(i) if n.endswith("proj.weight")}
+    run_blocks(model, ids, fit, held, fit_block, propagate=propagate, reference=reference, fit_names=fit_names)
     return seen, loaded
 
 
@@ -128,8 +129,9 @@ def test_reference_blocks_are_reused_until_the_first_compressed_block(path):
 
     def counted():
         model = load_model(path, lazy=True)
-        calls, run = [], model.block_windows
-        model.block_windows = lambda layer, h: calls.append(layer) or run(layer, h)
+        calls, run = [], model.block_each
+        # passes over whole windows (not the one-token probe of `read_groups`)
+        model.block_each = lambda layer, hs, **kw: (len(hs[0]) > 1 and calls.append(layer)) or run(layer, hs, **kw)
         return model, calls
 
     # compress block 1 only: both reference passes (fit + held-out windows) come from the store;
@@ -149,6 +151,38 @@ def test_reference_blocks_are_reused_until_the_first_compressed_block(path):
     kept = store.get(0)[0].result()[P.format(0) + "self_attn.q_proj.weight"].fit.hessian
     with pytest.raises(ValueError, match="read-only"):  # a codec cannot change the next candidate's statistics
         kept += 1.0
+
+
+def test_only_wanted_layers_are_observed_and_no_block_runs_after_the_last(path):
+    ids, fit, held = windows(), np.arange(4), np.array([4])
+    coarse = lambda w: np.rint(w * 2) / 2  # noqa: E731
+    full, _ = collect(load_model(path, lazy=True), ids, fit, held, replace=coarse)
+    model = load_model(path, lazy=True)
+    passes, run = [], model.block_each
+    model.block_each = lambda layer, hs, **kw: (len(hs[0]) > 1 and passes.append(layer)) or run(layer, hs, **kw)
+    down = P.format(0) + "mlp.down_proj.weight"
+    visited = {}
+
+    def fit_block(layer, names, stats):
+        visited.setdefault(layer, []).extend(names)
+        assert set(stats) <= {down}
+        return {n: coarse(model.weights[n]) for n in stats}
+
+    run_blocks(model, ids, fit, held, fit_block, fit_names={down})
+    assert sorted(visited) == [0, 1] and set(visited[1]) == set(model.block_tensors(1))  # every tensor visited once
+    assert sorted(visited[0]) == sorted(model.block_tensors(0))
+    assert set(passes) == {0}  # nothing after block 0 runs: no later tensor wants statistics
+    # down's inputs are those of block 0 with nothing before it replaced: the full run's q/k/v..up are replaced
+    ref, _ = collect(load_model(path, lazy=True), ids, fit, held)
+    np.testing.assert_array_equal(ref[0][down].fit.hessian, _stats_of(path, ids, fit, held, down).fit.hessian)
+    assert not np.array_equal(full[0][down].fit.hessian, ref[0][down].fit.hessian)
+
+
+def _stats_of(path, ids, fit, held, name):
+    got = {}
+    run_blocks(load_model(path, lazy=True), ids, fit, held, lambda layer, names, stats: got.update(stats) or {},
+               fit_names={name})
+    return got[name]
 
 
 @pytest.mark.parametrize("threads", ["2", "3"])

@@ -99,6 +99,12 @@ def current_window() -> int | None:
     return getattr(_window, "index", None)
 
 
+class StopWindow(Exception):
+    """Raised by a `ReferenceModel.linear_observer` that has all it needs from
+    a window: `DecoderModel.block_each` ends that window's pass there (its
+    result is None) and goes on with the others."""
+
+
 def map_in_order(fn: Callable[[_T], _R], items: Sequence[_T], threads: int) -> Iterator[_R]:
     """``fn`` of each item, yielded in order, computed on up to ``threads``
     threads with at most ``threads`` results waiting (a window's logits are
@@ -517,12 +523,16 @@ class DecoderModel(ReferenceModel):
     def block_each(self, layer: int, hs: Sequence[np.ndarray], out: np.ndarray | None = None) -> list[np.ndarray]:
         """Block ``layer`` on each window ``[T_i, hidden]`` of ``hs`` (lengths
         may differ; each from position 0 with its own KV cache), the windows
-        spread over `window_threads` threads (see `_window_threads`). With
+        spread over `window_threads` threads (see `_window_threads`); a window
+        whose observer raised `StopWindow` gives None. With
         ``out`` (equal lengths), window ``i``'s states go to ``out[i]`` as it
         finishes, and ``out``'s rows are returned: no second copy."""
 
-        def run(i: int) -> np.ndarray:
-            y = self._block(layer, hs[i], 0, self.new_cache())
+        def run(i: int) -> np.ndarray | None:
+            try:
+                y = self._block(layer, hs[i], 0, self.new_cache())
+            except StopWindow:
+                return None
             if out is None:
                 return y
             out[i] = y

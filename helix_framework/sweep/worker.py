@@ -55,7 +55,8 @@ def run_candidate(task: dict[str, Any]) -> dict[str, Any]:
     import helix_jit
     from threadpoolctl import threadpool_limits
 
-    from helix_framework.calibrate import calibrate_matrix, mark_partial, partial_result, resolve, route_and_read
+    from helix_framework.calibrate import (calibrate_matrix, mark_partial, partial_result, resolve, route_and_read,
+                                           wants_stats)
     from helix_framework.engine import each_tensor
     from helix_framework.host import get_host
     from helix_framework.sources import open_source
@@ -88,7 +89,7 @@ def run_candidate(task: dict[str, Any]) -> dict[str, Any]:
 
         with open_source(task["model"]) as source, helix_jit.record_kernels() as rec, \
                 threadpool_limits(1, "blas"):
-            each_tensor(source, source.tensors(), cand.calibration, handle)
+            each_tensor(source, source.tensors(), cand.calibration, handle, wants_stats=wants_stats(cand, selector))
             kernels = [{"signature": u.signature, "name": u.name, "lane_width": u.lane_width, "source": u.source}
                        for u in rec.kernels]
             calibrate_s = time.perf_counter() - started
