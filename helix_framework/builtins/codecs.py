@@ -16,6 +16,7 @@ import math
 from typing import Any, ClassVar
 
 import attrs
+import helix_jit
 import numpy as np
 
 from helix_framework.codec import BitsAccount, Codec, CodecState, Codes
@@ -234,20 +235,29 @@ class RtnCodec(Codec):
             diag = np.asarray(stats.diag, dtype=np.float64)
             weights = self._grouped(meta, diag[None, :])[0]
             weights = np.where(weights.sum(axis=1, keepdims=True) > 0, weights, 1.0)  # dead group: plain error
-        best = None
-        for shrink in CLIP_SHRINK:
-            s16, lo16 = _group_scales(groups, meta["bits"], meta["symmetric"], shrink)
-            q = _quantize(groups, s16, lo16, meta["bits"], table)
-            err = np.square(_dequantize(q, s16, lo16, table) - groups, dtype=np.float64)
-            err = (err * weights).sum(axis=2) if weights is not None else err.sum(axis=2)
-            if best is None:
-                best, s_best, lo_best = err, s16, lo16
-                continue
-            better = err < best
-            best = np.where(better, err, best)
-            s_best = np.where(better, s16, s_best)
-            lo_best = None if lo16 is None else np.where(better, lo16, lo_best)
-        return s_best, lo_best
+        bits, symmetric = meta["bits"], meta["symmetric"]
+        extent = _group_extent(groups, symmetric)  # the same for every shrink
+        grids = [_group_scales(groups, bits, symmetric, shrink, extent) for shrink in CLIP_SHRINK]
+        scales = np.stack([s16 for s16, _ in grids])  # [S, n, G]
+        zeros = None if symmetric else np.stack([lo16 for _, lo16 in grids])
+        top = 2 ** (bits - 1) - 1 if symmetric else 2**bits - 1
+        # One jit pass over the matrix for all shrinks: errors [S, G, n] summed
+        # over each group's positions in order (helix_jit.grid_errors).
+        err = helix_jit.grid_errors(
+            groups.transpose(1, 2, 0),
+            scales.astype(np.float32).transpose(0, 2, 1),
+            None if zeros is None else zeros.astype(np.float32).transpose(0, 2, 1),
+            np.ones(groups.shape[1:]) if weights is None else weights,
+            table,
+            (-top, top) if symmetric else (0, top),
+        ).transpose(0, 2, 1)
+        best, pick = err[0], np.zeros(err.shape[1:], dtype=np.intp)
+        for k in range(1, len(grids)):  # ties keep the larger range
+            better = err[k] < best
+            best = np.where(better, err[k], best)
+            pick = np.where(better, k, pick)
+        chosen = lambda a: np.take_along_axis(a, pick[None], axis=0)[0]  # noqa: E731
+        return chosen(scales), None if zeros is None else chosen(zeros)
 
     def encode(self, state: CodecState, rows: np.ndarray, stats: Any = None) -> Codes:
         x = self._checked(state, rows)
@@ -368,16 +378,26 @@ class RtnCodec(Codec):
         return attrs.evolve(codes, arrays=arrays)
 
 
-def _group_scales(groups: np.ndarray, bits: int, symmetric: bool, shrink: float) -> tuple[np.ndarray, np.ndarray | None]:
-    """float16 scales (and zeros, asymmetric) of groups [n, G, g], range shrunk by ``shrink``."""
+def _group_extent(groups: np.ndarray, symmetric: bool) -> tuple[np.ndarray, ...]:
+    """(max|w|,) symmetric or (min, max) asymmetric of every group [n, G, g]."""
+    if symmetric:
+        return (np.abs(groups).max(axis=2),)
+    return groups.min(axis=2), groups.max(axis=2)
+
+
+def _group_scales(groups: np.ndarray, bits: int, symmetric: bool, shrink: float,
+                  extent: tuple[np.ndarray, ...] | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """float16 scales (and zeros, asymmetric) of groups [n, G, g], range shrunk
+    by ``shrink``; ``extent``: `_group_extent` of the groups, when known."""
+    extent = _group_extent(groups, symmetric) if extent is None else extent
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         if symmetric:
-            amax = np.abs(groups).max(axis=2)
+            (amax,) = extent
             if shrink != 1.0:
                 amax = amax * np.float32(shrink)
             scale = amax / np.float32(2 ** (bits - 1) - 1)
             return np.minimum(scale, _F16_MAX).astype(np.float16), None
-        lo, hi = groups.min(axis=2), groups.max(axis=2)
+        lo, hi = extent
         if shrink != 1.0:
             cut = (hi - lo) * np.float32((1.0 - shrink) / 2.0)
             lo, hi = lo + cut, hi - cut

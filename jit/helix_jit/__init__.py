@@ -7,7 +7,8 @@ Kernels (numpy arrays in, numpy out):
 
 - :func:`pq_assign` (encode / k-means assign), :func:`pq_decode`,
   :func:`adc_matvec` (+ :func:`adc_error_bound`), :func:`fwht`,
-  :func:`kmeanspp_draws` (k-means++ seeding);
+  :func:`kmeanspp_draws` (k-means++ seeding), :func:`grid_errors` (a
+  scalar quantizer's range search);
 - their numpy references ``*_reference``;
 - :func:`split_widths`, :func:`supported_lane_widths`.
 
@@ -41,6 +42,7 @@ __all__ = [
     "fwht",
     "fwht_reference",
     "get_kernel",
+    "grid_errors",
     "jit_disabled",
     "kmeanspp_draws",
     "pq_assign",
@@ -65,6 +67,7 @@ _LAZY = {
     "fwht": ("helix_jit.kernels.fwht", "fwht"),
     "fwht_reference": ("helix_jit.kernels.fwht", "fwht_reference"),
     "kmeanspp_draws": ("helix_jit.kernels.kmeanspp", "kmeanspp_draws"),
+    "grid_errors": ("helix_jit.kernels.grid_errors", "grid_errors"),
     "declare_kernel": ("helix_jit.kernel", "declare_kernel"),
     "Kernel": ("helix_jit.kernel", "Kernel"),
     "jit_disabled": ("helix_jit.kernel", "jit_disabled"),

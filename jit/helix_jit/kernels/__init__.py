@@ -6,4 +6,5 @@ BUILTIN = {
     "adc_matvec": "helix_jit.kernels.adc_matvec",
     "fwht": "helix_jit.kernels.fwht",
     "kmeanspp_draws": "helix_jit.kernels.kmeanspp",
+    "grid_errors": "helix_jit.kernels.grid_errors",
 }
