@@ -445,7 +445,7 @@ def _collect(model: Any, layer: int, h_fit: np.ndarray, h_held: np.ndarray | Non
     ``layer`` reads) on the fit and held-out windows; each window's pass
     stops at the last of them."""
     collector = StatsCollector()
-    model.linear_observer = _Until(collector, [n for g in groups for n in g])
+    model.linear_observer = _Until(collector, groups)
     try:
         for group, h in (("fit", h_fit), ("held_out", h_held)):
             if h is not None:
@@ -457,17 +457,22 @@ def _collect(model: Any, layer: int, h_fit: np.ndarray, h_held: np.ndarray | Non
 
 
 class _Until:
-    """An observer that passes the inputs of layers ``names`` to
-    ``collector`` and stops the window's pass at the last of them."""
+    """An observer that passes the input of each group of layers in
+    ``groups`` to ``collector`` (for every layer of the group, when its
+    first layer reads it) and stops the window's pass at the last group."""
 
     window_ordered = True  # the collector adds windows in order, so they may run on several threads
 
-    def __init__(self, collector: StatsCollector, names: list[str]) -> None:
-        self.collector, self.names, self.last = collector, set(names), names[-1] if names else None
+    def __init__(self, collector: StatsCollector, groups: list[list[str]]) -> None:
+        self.collector = collector
+        self.groups = {g[0]: g for g in groups if g}
+        self.last = groups[-1][0] if groups else None
 
     def __call__(self, name: str, x: np.ndarray) -> None:
-        if name in self.names:
-            self.collector(name, x)
+        group = self.groups.get(name)
+        if group is not None:
+            for member in group:  # one input: the collector shares its Hessian
+                self.collector(member, x)
             if name == self.last:
                 raise StopWindow
 
