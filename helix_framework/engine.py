@@ -272,15 +272,16 @@ def run_blocks(
     """
     wanted = [layer for layer in range(model.n_layers)
               if fit_names is None or any(n in fit_names for n in model.block_tensors(layer))]
+    last = wanted[-1] if wanted else -1
     h_fit = model.embed_windows(ids[fit]) if wanted else None
     h_held = model.embed_windows(ids[held_out]) if wanted and held_out.size else None
     release_loaded(model)
     pristine = True  # the windows entering this block are the reference's
     for layer in _progress(range(model.n_layers), progress):
         names = model.block_tensors(layer)
-        if layer not in wanted and (reference is None or not pristine):
+        if layer > last or (layer not in wanted and (reference is None or not pristine)):
             fit_block(layer, names, {})
-            if wanted and layer < wanted[-1]:  # a later block needs these windows
+            if layer < last:  # a later block needs these windows
                 h_fit = model.block_windows(layer, h_fit)
                 h_held = model.block_windows(layer, h_held) if h_held is not None else None
             model.weights.release(names)
@@ -292,7 +293,8 @@ def run_blocks(
             # Fitted group by group (`_fit_sequential`), which collects each
             # later group's inputs again: only the first group's are needed
             # here, and the passes stop at them.
-            collector = _collect(model, layer, h_fit, h_held, _wanted(read_groups(model, layer, h_fit), fit_names)[:1])
+            first = _wanted(read_groups(model, layer, h_fit), fit_names)[:1]
+            collector = _collect(model, layer, h_fit, h_held, first) if first else StatsCollector()
             ref_fit = ref_held = None
         else:
             collector = StatsCollector()
@@ -315,7 +317,7 @@ def run_blocks(
         # (at 5,632 inputs the down projection's fit and held-out Hessians are
         # 0.5 GB), and the passes below hold several copies of the windows.
         collector = None
-        if layer == wanted[-1]:  # no later block needs the windows
+        if layer == last:  # no later block needs the windows
             h_fit = h_held = None
         elif propagate == "quantized" and (replacements or ref_fit is None):
             pristine = pristine and not replacements

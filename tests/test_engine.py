@@ -178,6 +178,24 @@ def test_only_wanted_layers_are_observed_and_no_block_runs_after_the_last(path):
     assert not np.array_equal(full[0][down].fit.hessian, ref[0][down].fit.hessian)
 
 
+@pytest.mark.parametrize("store", [False, True])
+def test_blocks_after_the_last_wanted_one_never_run(path, store):
+    from helix_framework.engine import ReferenceBlocks
+
+    ids, fit, held = windows(), np.arange(4), np.array([4])
+    down = P.format(0) + "mlp.down_proj.weight"
+    for fit_names in (set(), {down}):
+        model = load_model(path, lazy=True)
+        passes, run = [], model.block_each
+        model.block_each = lambda layer, hs, **kw: (len(hs[0]) > 1 and passes.append(layer)) or run(layer, hs, **kw)
+        visited = []
+        # nothing is replaced: the windows stay the reference's, as with a store's pristine blocks
+        run_blocks(model, ids, fit, held, lambda layer, names, stats: visited.extend(names) or {},
+                   fit_names=fit_names, reference=ReferenceBlocks() if store else None)
+        assert sorted(visited) == sorted(n for i in range(model.n_layers) for n in model.block_tensors(i))
+        assert set(passes) <= ({0} if fit_names else set())
+
+
 def _stats_of(path, ids, fit, held, name):
     got = {}
     run_blocks(load_model(path, lazy=True), ids, fit, held, lambda layer, names, stats: got.update(stats) or {},
