@@ -9,6 +9,8 @@ temporary HELIX_JIT_CACHE_DIR so the compile / disk-load figures are cold.
 Every comparison runs at equal thread counts, once with 1 and once with 2:
 the jit kernels (HELIX_JIT_THREADS), numpy's BLAS (threadpoolctl) and faiss
 (OpenMP) get the same number, so a ratio never compares 2 threads with 1.
+grid_errors is one loop on one thread, and so is its numpy reference (no
+BLAS): it runs once, at 1 thread.
 """
 
 from __future__ import annotations
@@ -161,6 +163,31 @@ def bench_fwht(rng):
         row([lw, f(tj), f(td), f(td / tj)])
 
 
+def bench_grid_errors(rng):
+    print("\n### grid_errors (rtn's clip search: 21 ranges, 4-bit Lloyd-Max levels, groups of 288), ms; "
+          "vs its numpy reference (same numerics); one thread each\n")
+    header(["matrix (rows x width)", "zeros", "jit", "numpy reference", "x reference"])
+    from helix_framework.builtins.codecs import CLIP_SHRINK, _level_table
+    from helix_jit.kernels import grid_errors as ge
+
+    for (n, d), asym in (((576, 1536), True), ((576, 1536), False), ((2048, 5632), True)):
+        g, S = 288, len(CLIP_SHRINK)
+        G = -(-d // g)
+        groups = (0.02 * rng.standard_normal((G, g, n))).astype(np.float32)
+        scales = rng.uniform(0.001, 0.003, (S, G, n)).astype(np.float32)
+        zeros = (-0.02 * rng.random((S, G, n))).astype(np.float32) if asym else None
+        weights = rng.random((G, g))
+        table = _level_table({"bits": 4, "symmetric": not asym, "levels": "gaussian"})
+        codes = (0, 15) if asym else (-7, 7)
+        tj = median_ms(lambda: ge.grid_errors(groups, scales, zeros, weights, table, codes))
+        consts = {"levels": tuple(float(v) for v in table), "zeros": int(asym), "code_lo": codes[0], "code_hi": codes[1]}
+        err = np.zeros((S, G, n))
+        z = zeros if asym else np.zeros(1, np.float32)
+        tr = median_ms(lambda: ge._reference(None, consts, groups.ravel(), n, G, g, scales.ravel(), z.ravel(),
+                                             weights.ravel(), S, err), repeats=3)
+        row([f"{n} x {d}", "yes" if asym else "no", f(tj), f(tr), f(tr / tj)])
+
+
 def bench_compile(init_ms):
     print("\n### compile and cache, ms\n")
     header(["what", "ms"])
@@ -203,9 +230,12 @@ def main():
     init_ms = (time.perf_counter() - t) * 1e3
     print(f"LLVM target: {codegen.host()['cpu']} ({codegen.host()['triple']})")
     rng = np.random.default_rng(0)
-    which = set(sys.argv[1:]) or {"compile", "pq_assign", "pq_decode", "adc", "fwht"}
+    which = set(sys.argv[1:]) or {"compile", "grid_errors", "pq_assign", "pq_decode", "adc", "fwht"}
     if "compile" in which:
         bench_compile(init_ms)
+    if "grid_errors" in which:
+        with equal_threads(1):
+            bench_grid_errors(rng)
     for n in (1, 2):
         print(f"\n## {n} thread{'s' if n > 1 else ''} for every kernel and baseline")
         with equal_threads(n):
