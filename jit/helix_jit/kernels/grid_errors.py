@@ -29,117 +29,56 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from helix_jit.irgen import fconst
+from helix_jit.irgen import Fn, fconst
 from helix_jit.kernel import declare_kernel
 from helix_jit.lanes import LaneWidth
 
-VERSION = "1"
+VERSION = "2"
 
 
 def emit(lw: LaneWidth, c: Mapping) -> str:
     levels = [float(v) for v in c["levels"]]
     asym = bool(c["zeros"])
-    code_lo, code_hi = float(c["code_lo"]), float(c["code_hi"])
-    lines = []
-    x = "%x"
-    if levels:
-        mids = np.float32((np.asarray(levels[1:], np.float32) + np.asarray(levels[:-1], np.float32)) / 2)
-        v = fconst(levels[0])
-        for m, mid in enumerate(mids):
-            lines.append(f"  %c{m} = fcmp ogt float {x}, {fconst(float(mid))}")
-            lines.append(f"  %v{m} = select i1 %c{m}, float {fconst(levels[m + 1])}, float {v}")
-            v = f"%v{m}"
-    else:
-        lines.append(f"  %r = call float @llvm.rint.f32(float {x})")
-        lines.append(f"  %rl = call float @llvm.maxnum.f32(float %r, float {fconst(code_lo)})")
-        lines.append(f"  %rh = call float @llvm.minnum.f32(float %rl, float {fconst(code_hi)})")
-        v = "%rh"
-    value = "\n".join(lines)
-    if asym:
-        load_z = ("  %zp = getelementptr inbounds float, ptr %zeros, i64 %si\n"
-                  "  %z = load float, ptr %zp, align 4\n"
-                  "  %wz = fsub float %w, %z")
-        shifted, add_z, rec = "%wz", "  %rec = fadd float %vs, %z", "%rec"
-    else:
-        load_z, shifted, add_z, rec = "", "%w", "", "%vs"
-    return f"""
-declare float @llvm.rint.f32(float)
-declare float @llvm.maxnum.f32(float, float)
-declare float @llvm.minnum.f32(float, float)
-
-define void @grid_errors(ptr noalias %wt, i64 %n, i64 %G, i64 %g, ptr noalias %scales, ptr noalias %zeros,
-                         ptr noalias %pw, i64 %S, ptr noalias %err) nounwind {{
-entry:
-  %Gn = mul nsw i64 %G, %n
-  %gn = mul nsw i64 %g, %n
-  br label %kloop
-kloop:
-  %k = phi i64 [0, %entry], [%k1, %knext]
-  %kmore = icmp slt i64 %k, %S
-  br i1 %kmore, label %gstart, label %done
-gstart:
-  br label %gloop
-gloop:
-  %gi = phi i64 [0, %gstart], [%gi1, %gnext]
-  %gmore = icmp slt i64 %gi, %G
-  br i1 %gmore, label %jstart, label %knext
-jstart:
-  %kG = mul nsw i64 %k, %G
-  %kGg = add nsw i64 %kG, %gi
-  %sbase = mul nsw i64 %kGg, %n
-  %wbase0 = mul nsw i64 %gi, %gn
-  %pbase = mul nsw i64 %gi, %g
-  br label %jloop
-jloop:
-  %j = phi i64 [0, %jstart], [%j1, %jnext]
-  %jmore = icmp slt i64 %j, %g
-  br i1 %jmore, label %istart, label %gnext
-istart:
-  %pj = add nsw i64 %pbase, %j
-  %pwp = getelementptr inbounds double, ptr %pw, i64 %pj
-  %wj = load double, ptr %pwp, align 8
-  %jn = mul nsw i64 %j, %n
-  %wbase = add nsw i64 %wbase0, %jn
-  br label %iloop
-iloop:
-  %i = phi i64 [0, %istart], [%i1, %iloop]
-  %wi = add nsw i64 %wbase, %i
-  %wp = getelementptr inbounds float, ptr %wt, i64 %wi
-  %w = load float, ptr %wp, align 4
-  %si = add nsw i64 %sbase, %i
-  %sp = getelementptr inbounds float, ptr %scales, i64 %si
-  %s = load float, ptr %sp, align 4
-{load_z}
-  %x = fdiv float {shifted}, %s
-{value}
-  %pos = fcmp ogt float %s, 0.0
-  %v = select i1 %pos, float {v}, float 0.0
-  %vs = fmul float %v, %s
-{add_z}
-  %diff = fsub float {rec}, %w
-  %dd = fpext float %diff to double
-  %sq = fmul double %dd, %dd
-  %e = fmul double %sq, %wj
-  %ep = getelementptr inbounds double, ptr %err, i64 %si
-  %acc = load double, ptr %ep, align 8
-  %acc1 = fadd double %acc, %e
-  store double %acc1, ptr %ep, align 8
-  %i1 = add nsw i64 %i, 1
-  %imore = icmp slt i64 %i1, %n
-  br i1 %imore, label %iloop, label %jnext
-jnext:
-  %j1 = add nsw i64 %j, 1
-  br label %jloop
-gnext:
-  %gi1 = add nsw i64 %gi, 1
-  br label %gloop
-knext:
-  %k1 = add nsw i64 %k, 1
-  br label %kloop
-done:
-  ret void
-}}
-"""
+    f = Fn("grid_errors", [("ptr", "wt"), ("i64", "n"), ("i64", "G"), ("i64", "g"), ("ptr", "scales"),
+                           ("ptr", "zeros"), ("ptr", "pw"), ("i64", "S"), ("ptr", "err")])
+    f.declare("declare float @llvm.rint.f32(float)")
+    f.declare("declare float @llvm.maxnum.f32(float, float)")
+    f.declare("declare float @llvm.minnum.f32(float, float)")
+    with f.loop("0", "%S") as k, f.loop("0", "%G") as gi:
+        kg = f.v(f"add nsw i64 {f.v(f'mul nsw i64 {k}, %G')}, {gi}")
+        sbase = f.v(f"mul nsw i64 {kg}, %n")  # scales, zeros and errors of (k, gi)
+        with f.loop("0", "%g") as j:
+            gj = f.v(f"add nsw i64 {f.v(f'mul nsw i64 {gi}, %g')}, {j}")
+            wj = f.load("double", f.gep("double", "%pw", gj), 8)
+            wbase = f.v(f"mul nsw i64 {gj}, %n")
+            with f.loop("0", "%n") as i:  # rows innermost: the loop LLVM vectorises
+                w = f.load("float", f.gep("float", "%wt", f.v(f"add nsw i64 {wbase}, {i}")), 4)
+                si = f.v(f"add nsw i64 {sbase}, {i}")
+                s = f.load("float", f.gep("float", "%scales", si), 4)
+                z = f.load("float", f.gep("float", "%zeros", si), 4) if asym else None
+                shifted = f.v(f"fsub float {w}, {z}") if asym else w
+                x = f.v(f"fdiv float {shifted}, {s}")
+                if levels:  # the level after every midpoint strictly below x
+                    mids = (np.asarray(levels[1:], np.float32) + np.asarray(levels[:-1], np.float32)) / np.float32(2)
+                    v = fconst(levels[0])
+                    for m, mid in enumerate(mids):
+                        above = f.v(f"fcmp ogt float {x}, {fconst(float(mid))}")
+                        v = f.v(f"select i1 {above}, float {fconst(levels[m + 1])}, float {v}")
+                else:
+                    v = f.v(f"call float @llvm.rint.f32(float {x})")
+                    v = f.v(f"call float @llvm.maxnum.f32(float {v}, float {fconst(float(c['code_lo']))})")
+                    v = f.v(f"call float @llvm.minnum.f32(float {v}, float {fconst(float(c['code_hi']))})")
+                positive = f.v(f"fcmp ogt float {s}, 0.0")
+                v = f.v(f"select i1 {positive}, float {v}, float 0.0")
+                rec = f.v(f"fmul float {v}, {s}")
+                if asym:
+                    rec = f.v(f"fadd float {rec}, {z}")
+                dd = f.v(f"fpext float {f.v(f'fsub float {rec}, {w}')} to double")
+                e = f.v(f"fmul double {f.v(f'fmul double {dd}, {dd}')}, {wj}")
+                ep = f.gep("double", "%err", si)
+                acc = f.load("double", ep, 8)
+                f.store("double", f.v(f"fadd double {acc}, {e}"), ep, 8)
+    return f.render()
 
 
 def _values(x: np.ndarray, s: np.ndarray, c: Mapping) -> np.ndarray:
