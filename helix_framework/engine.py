@@ -15,7 +15,11 @@ compressed block (``propagate: quantized``) or the reference one
 (``propagate: reference``). With ``quantized`` the block's layers are also
 fitted in the order they read their inputs (GPTQ's "true sequential"): the
 o, gate/up and down statistics are collected again once the layers before
-them are replaced, so each layer fits the inputs it will really see. The model is loaded lazily and each block's
+them are replaced, so each layer fits the inputs it will really see. With
+``target: reference`` the fit windows also run through the uncompressed
+blocks, and each layer's statistics add ``sum x^T x_ref`` (its inputs
+against the uncompressed model's, token by token), so it can be fitted to
+reproduce the uncompressed model's output. The model is loaded lazily and each block's
 weights are released before the next is read, so only one block's matrices
 are in memory at a time.
 
@@ -71,8 +75,12 @@ class StatsCollector:
 
     window_ordered = True
 
-    def __init__(self) -> None:
+    def __init__(self, reference: Mapping[str, Sequence[np.ndarray]] | None = None) -> None:
         self.group = "fit"
+        # ``target: reference``: each layer's inputs in the uncompressed model,
+        # per fit window, so ``sum x^T x_ref`` is summed beside the Hessian.
+        self._reference = reference or {}
+        self._cross: dict[str, np.ndarray] = {}
         self._sums: dict[tuple[str, str], np.ndarray] = {}
         self._tokens: dict[tuple[str, str], int] = {}
         self._key_of: dict[str, str] = {}
@@ -97,6 +105,10 @@ class StatsCollector:
         slot = (self.group, name)
         h = x32.T @ x32  # widened to float64 as it is added: a waiting thread holds half the bytes
         window = current_window()
+        # on one thread the windows come in order: the count so far is this one's index
+        index = window if window is not None else self._added.get(slot, 0)
+        ref = self._reference.get(name) if self.group == "fit" else None
+        cross = None if ref is None else x32.T @ np.asarray(ref[index], dtype=np.float32)
         with self._turn:
             if window is not None:
                 self._turn.wait_for(lambda: self._behind_failure(window) or self._added.get(slot, 0) == window)
@@ -108,8 +120,13 @@ class StatsCollector:
             else:
                 self._sums[slot] = h.astype(np.float64)
                 self._tokens[slot] = x.shape[0]
+            if cross is not None:
+                if name in self._cross:
+                    self._cross[name] += cross
+                else:
+                    self._cross[name] = cross.astype(np.float64)
+            self._added[slot] = index + 1
             if window is not None:
-                self._added[slot] = window + 1
                 self._turn.notify_all()
 
     def start_group(self, group: str) -> None:
@@ -139,7 +156,8 @@ class StatsCollector:
             held = None
             if ("held_out", key) in self._sums:
                 held = LayerStats(self._sums["held_out", key], self._tokens["held_out", key])
-            out[name] = BlockStats(LayerStats(self._sums["fit", key], self._tokens["fit", key]), held, shared)
+            fit = LayerStats(self._sums["fit", key], self._tokens["fit", key], cross=self._cross.get(key))
+            out[name] = BlockStats(fit, held, shared)
         return out
 
 
@@ -244,9 +262,9 @@ def each_tensor(
         reference = block_store(key.hexdigest())
     fit_names = None if wants_stats is None else {info.name for info in infos if wants_stats(info)}
     run_blocks(model, windows.ids, windows.fit, windows.held_out, fit_block, propagate=cal.propagate,
-               progress=progress, reference=reference, fit_names=fit_names)
+               progress=progress, reference=reference, fit_names=fit_names, target=cal.target)
     settings = {"text": cal.text, "sequences": cal.sequences, "tokens": cal.tokens, "seed": cal.seed,
-                "held_out_fraction": cal.held_out, "propagate": cal.propagate}
+                "held_out_fraction": cal.held_out, "propagate": cal.propagate, "target": cal.target}
     return windows.to_json(settings)
 
 
@@ -258,7 +276,7 @@ FitBlock = Callable[[int, list[str], Mapping[str, BlockStats]], Mapping[str, np.
 def run_blocks(
     model: object, ids: np.ndarray, fit: np.ndarray, held_out: np.ndarray, fit_block: FitBlock, *,
     propagate: str = "quantized", progress: bool = False, reference: ReferenceBlocks | None = None,
-    fit_names: Container[str] | None = None,
+    fit_names: Container[str] | None = None, target: str = "layer",
 ) -> None:
     """Run windows ``ids [B, T]`` through ``model`` block by block (see the module docstring).
 
@@ -268,7 +286,9 @@ def run_blocks(
     reference's blocks on these windows from an earlier run; those computed
     here are added to it. ``fit_names``: the tensors that need statistics
     (None: all); a block without any gets ``fit_block`` with none, and the
-    windows stop after the last block that has one.
+    windows stop after the last block that has one. ``target="reference"``
+    (with ``quantized``) also moves the fit windows through the uncompressed
+    blocks and gives each layer's statistics ``cross`` (see `LayerStats`).
     """
     wanted = [layer for layer in range(model.n_layers)
               if fit_names is None or any(n in fit_names for n in model.block_tensors(layer))]
@@ -277,15 +297,23 @@ def run_blocks(
     h_held = model.embed_windows(ids[held_out]) if wanted and held_out.size else None
     release_loaded(model)
     pristine = True  # the windows entering this block are the reference's
+    # the fit windows through the uncompressed blocks (``target: reference``); while pristine, h_fit itself
+    r_fit = h_fit if target == "reference" and propagate == "quantized" else None
     for layer in _progress(range(model.n_layers), progress):
         names = model.block_tensors(layer)
         if layer > last or (layer not in wanted and (reference is None or not pristine)):
             fit_block(layer, names, {})
             if layer < last:  # a later block needs these windows
+                same = r_fit is h_fit
                 h_fit = model.block_windows(layer, h_fit)
+                if r_fit is not None:
+                    r_fit = h_fit if same else model.block_windows(layer, r_fit)
                 h_held = model.block_windows(layer, h_held) if h_held is not None else None
             model.weights.release(names)
             continue
+        ref_inputs: dict[str, list[np.ndarray]] = {}
+        if r_fit is not None:  # before any of the block's weights is replaced
+            ref_inputs, r_fit = _reference_inputs(model, layer, r_fit)
         known = reference.get(layer) if reference is not None and pristine else None
         if known is not None:
             collector, ref_fit, ref_held = known
@@ -294,7 +322,7 @@ def run_blocks(
             # later group's inputs again: only the first group's are needed
             # here, and the passes stop at them.
             first = _wanted(read_groups(model, layer, h_fit), fit_names)[:1]
-            collector = _collect(model, layer, h_fit, h_held, first) if first else StatsCollector()
+            collector = _collect(model, layer, h_fit, h_held, first, ref_inputs) if first else StatsCollector()
             ref_fit = ref_held = None
         else:
             collector = StatsCollector()
@@ -310,15 +338,16 @@ def run_blocks(
             if reference is not None and pristine:
                 reference.put(layer, collector, ref_fit, ref_held)
         if propagate == "quantized":
-            replacements = _fit_sequential(model, layer, names, collector, h_fit, h_held, fit_block, fit_names)
+            replacements = _fit_sequential(model, layer, names, collector, h_fit, h_held, fit_block, fit_names,
+                                           ref_inputs)
         else:
             replacements = fit_block(layer, names, collector.result())
         # Not past the fit: a block's statistics are as large as its weights
         # (at 5,632 inputs the down projection's fit and held-out Hessians are
         # 0.5 GB), and the passes below hold several copies of the windows.
-        collector = None
+        collector = ref_inputs = None
         if layer == last:  # no later block needs the windows
-            h_fit = h_held = None
+            h_fit = h_held = r_fit = None
         elif propagate == "quantized" and (replacements or ref_fit is None):
             pristine = pristine and not replacements
             for name, w in replacements.items():
@@ -388,6 +417,7 @@ def _progress_tensors(infos: Sequence[Any], enabled: bool) -> Iterator[Any]:
 def _fit_sequential(
     model: Any, layer: int, names: list[str], first: StatsCollector, h_fit: np.ndarray,
     h_held: np.ndarray | None, fit_block: FitBlock, fit_names: Container[str] | None = None,
+    ref_inputs: Mapping[str, Sequence[np.ndarray]] | None = None,
 ) -> dict[str, np.ndarray]:
     """Fit a block's layers in the order they read their inputs (GPTQ's "true
     sequential": q/k/v, then o, then gate/up, then down), each group on the
@@ -396,7 +426,8 @@ def _fit_sequential(
     replaced and it has them; otherwise they are collected again by running
     the block only up to that group's input; a group without a tensor in
     ``fit_names`` gets none. The block's other tensors (norms, biases) come
-    last."""
+    last. ``ref_inputs``: the layers' inputs in the uncompressed model, per
+    fit window (``target: reference``)."""
     stats = first.result()
     replacements: dict[str, np.ndarray] = {}
     seen: set[str] = set()
@@ -407,7 +438,7 @@ def _fit_sequential(
         if group not in wanted:
             group_stats = {}
         elif replacements or any(n not in stats for n in group):
-            group_stats = _collect(model, layer, h_fit, h_held, [group]).result()
+            group_stats = _collect(model, layer, h_fit, h_held, [group], ref_inputs).result()
         fitted = fit_block(layer, group, {n: group_stats[n] for n in group if n in group_stats})
         for name, w in fitted.items():
             model.weights[name] = np.ascontiguousarray(w, dtype=np.float32)
@@ -442,11 +473,13 @@ def read_groups(model: Any, layer: int, h: np.ndarray) -> list[list[str]]:
 
 
 def _collect(model: Any, layer: int, h_fit: np.ndarray, h_held: np.ndarray | None,
-             groups: list[list[str]]) -> StatsCollector:
+             groups: list[list[str]], ref_inputs: Mapping[str, Sequence[np.ndarray]] | None = None,
+             ) -> StatsCollector:
     """The statistics of the layers in ``groups`` (the first groups block
     ``layer`` reads) on the fit and held-out windows; each window's pass
-    stops at the last of them."""
-    collector = StatsCollector()
+    stops at the last of them. With ``ref_inputs`` (the layers' inputs in
+    the uncompressed model, per fit window) they carry ``cross``."""
+    collector = StatsCollector(ref_inputs)
     model.linear_observer = _Until(collector, groups)
     try:
         for group, h in (("fit", h_fit), ("held_out", h_held)):
@@ -456,6 +489,45 @@ def _collect(model: Any, layer: int, h_fit: np.ndarray, h_held: np.ndarray | Non
     finally:
         model.linear_observer = None
     return collector
+
+
+def _reference_inputs(model: Any, layer: int, r_fit: np.ndarray) -> tuple[dict[str, list[np.ndarray]], np.ndarray]:
+    """Block ``layer`` as it is (not yet compressed) on the fit windows
+    ``r_fit`` of the uncompressed model: every linear layer's inputs, per
+    window (layers that read one input share one array), and the block's
+    outputs."""
+    keep = _KeepInputs(len(r_fit))
+    model.linear_observer = keep
+    try:
+        out = model.block_windows(layer, r_fit)
+    finally:
+        model.linear_observer = None
+    return keep.inputs, out
+
+
+class _KeepInputs:
+    """An observer that keeps a float32 copy of every layer's input per window."""
+
+    window_ordered = True  # each window writes its own slot
+
+    def __init__(self, n_windows: int) -> None:
+        self.n_windows = n_windows
+        self.inputs: dict[str, list[np.ndarray]] = {}
+        self._count: dict[str, int] = {}  # windows seen per layer, when they run in order on one thread
+        self._thread = threading.local()
+
+    def __call__(self, name: str, x: np.ndarray) -> None:
+        window = current_window()
+        if window is None:
+            window = self._count.get(name, 0)
+            self._count[name] = window + 1
+        last = getattr(self._thread, "last", None)
+        if last is not None and last[0] is x:
+            kept = last[1]
+        else:
+            kept = np.array(x, dtype=np.float32)
+            self._thread.last = (x, kept)
+        self.inputs.setdefault(name, [None] * self.n_windows)[window] = kept  # type: ignore[list-item]
 
 
 class _Until:

@@ -206,6 +206,10 @@ def test_bad_calibration_text_names_the_file(tmp_path):
         ({"calibration": {"sequences": 0}}, "$.calibration.sequences"),
         ({"calibration": {"tokens": 1}}, "$.calibration.tokens"),
         ({"calibration": {"propagate": "sideways"}}, "$.calibration.propagate"),
+        ({"calibration": {"target": "output"}}, "$.calibration.target"),
+        ({"calibration": {"target": "reference", "target_damp": -0.1}}, "$.calibration.target_damp"),
+        ({"calibration": {"target_damp": float("nan")}}, "$.calibration.target_damp"),
+        ({"calibration": {"target": "reference", "propagate": "reference"}}, "$.calibration.target"),
         ({"calibration": {"held_out": 1.0}}, "$.calibration.held_out"),
         ({"calibration": {"windows": 3}}, "$.calibration.windows"),
         ({"calibration": {"held_out": 0.0}}, "$.calibration.held_out"),  # output_rel_l2 needs held-out windows
@@ -229,6 +233,37 @@ def test_calibration_defaults_and_json(host):
     assert cand.to_json()["calibration"] == {"text": "builtin", "sequences": 128, "tokens": 512, "seed": 0,
                                              "held_out": 0.125, "propagate": "quantized"}
     assert "calibration" not in candidate_from_mapping({"name": "x", "codec": "today"}, host).to_json()
+    asym = candidate_from_mapping({"name": "x", "codec": "today", "calibration": {"target": "reference"}}, host)
+    assert (asym.to_json()["calibration"]["target"], asym.to_json()["calibration"]["target_damp"]) == ("reference", 0.1)
+
+
+def test_reference_target_minimises_the_error_against_the_uncompressed_output():
+    """``W' = reference_target(W)``: for every ``W_hat``, ``||X W_hat^T -
+    X_ref W^T||^2 = ||X (W_hat - W')^T||^2 + const`` (so fitting W' with H
+    minimises the asymmetric error), and ``X_ref = X`` gives W back."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((400, 16))
+    x_ref = x + 0.1 * rng.standard_normal((400, 16))
+    w = rng.standard_normal((8, 16)).astype(np.float32)
+    stats = LayerStats(x.T @ x, 400, cross=x.T @ x_ref)
+    target = stats.reference_target(w, 0.0).astype(np.float64)
+    np.testing.assert_allclose(target, np.linalg.lstsq(x, x_ref @ w.T.astype(np.float64), rcond=None)[0].T,
+                               rtol=1e-4, atol=1e-4)
+
+    def asymmetric(w_hat):
+        return np.sum((x @ w_hat.T - x_ref @ w.T) ** 2)
+
+    offsets = [asymmetric(w_hat) - stats.output_error(w_hat - target)
+               for w_hat in (w, np.rint(w * 2) / 2, rng.standard_normal(w.shape))]
+    np.testing.assert_allclose(offsets, offsets[0], rtol=1e-4)
+    assert asymmetric(target) < asymmetric(w)
+    np.testing.assert_array_equal(LayerStats(x.T @ x, 400, cross=x.T @ x).reference_target(w, 0.01), w)
+    assert LayerStats(x.T @ x, 400).reference_target(w, 0.01) is w  # no cross: nothing to do
+    # a singular Hessian (a dead input, two equal ones) is damped, never a crash
+    x[:, 3] = 0.0
+    x[:, 5] = x[:, 4]
+    damped = LayerStats(x.T @ x, 400, cross=x.T @ x_ref).reference_target(w, 0.0)
+    assert np.all(np.isfinite(damped))
 
 
 # -- the stats contract ----------------------------------------------------------

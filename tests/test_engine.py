@@ -25,7 +25,7 @@ def windows(n=5, t=12, seed=0):
     return np.random.default_rng(seed).integers(0, 61, size=(n, t))
 
 
-def collect(model, ids, fit, held, replace=None, propagate="quantized", reference=None, layers=None):
+def collect(model, ids, fit, held, replace=None, propagate="quantized", reference=None, layers=None, target="layer"):
     """Statistics by block (merged over the block's fit calls) and the matrices in memory at each call."""
     seen, loaded = {}, []
 
@@ -38,7 +38,8 @@ def collect(model, ids, fit, held, replace=None, propagate="quantized", referenc
         return {n: replace(model.weights[n]) for n in names if n.endswith("proj.weight")}
 
     fit_names = None if layers is None else {n for i in layers for n in model.block_tensors(i) if n.endswith("proj.weight")}
-    run_blocks(model, ids, fit, held, fit_block, propagate=propagate, reference=reference, fit_names=fit_names)
+    run_blocks(model, ids, fit, held, fit_block, propagate=propagate, reference=reference, fit_names=fit_names,
+               target=target)
     return seen, loaded
 
 
@@ -89,6 +90,47 @@ def test_propagation_through_quantized_or_reference_blocks(path):
     # block 0's first layers see the same embeddings either way
     q0 = P.format(0) + "self_attn.q_proj.weight"
     np.testing.assert_allclose(quant[0][q0].fit.hessian, ref[0][q0].fit.hessian)
+
+
+def _inputs(model, ids, layer):
+    """Every linear layer's inputs in block ``layer`` (all windows, rows in window order)."""
+    got = {}
+    h = model.embed_windows(ids)
+    for i in range(layer):
+        h = model.block_windows(i, h)
+    model.linear_observer = lambda name, x: got.setdefault(name, []).append(np.array(x, dtype=np.float64))
+    try:
+        model.block_windows(layer, h)
+    finally:
+        model.linear_observer = None
+    return {name: np.concatenate(xs) for name, xs in got.items()}
+
+
+def test_target_reference_sums_the_inputs_against_the_uncompressed_models(path):
+    """``target: reference``: each layer's statistics carry ``X^T X_ref``, X
+    its inputs in the partly compressed model (blocks before it and the
+    block's earlier layers replaced), X_ref the same tokens' inputs in the
+    uncompressed model; with ``target: layer`` there is none."""
+    ids, fit, held = windows(), np.arange(4), np.array([4])
+    coarse = lambda w: np.rint(w * 2) / 2  # noqa: E731
+    stats, _ = collect(load_model(path, lazy=True), ids, fit, held, replace=coarse, target="reference")
+    plain, _ = collect(load_model(path, lazy=True), ids, fit, held, replace=coarse)
+    ref = _inputs(load_model(path), ids[fit], 1)
+    block = [n for n in load_model(path).block_tensors(1) if n.endswith("proj.weight")]
+    for name in block:
+        probe = load_model(path)
+        for n in load_model(path).block_tensors(0) + block[:block.index(name)]:
+            if n.endswith("proj.weight"):
+                probe.weights[n] = coarse(probe.weights[n])
+        x = _inputs(probe, ids[fit], 1)[name]
+        np.testing.assert_allclose(stats[1][name].fit.cross, x.T @ ref[name], rtol=1e-4, atol=1e-3)
+        np.testing.assert_allclose(stats[1][name].fit.hessian, x.T @ x, rtol=1e-4, atol=1e-3)
+        np.testing.assert_array_equal(stats[1][name].fit.hessian, plain[1][name].fit.hessian)
+        assert plain[1][name].fit.cross is None and stats[1][name].held_out.cross is None
+        assert not np.allclose(stats[1][name].fit.cross, stats[1][name].fit.hessian, rtol=1e-3)
+    # nothing is compressed before block 0's q/k/v: their inputs are the reference's
+    q0 = stats[0][P.format(0) + "self_attn.q_proj.weight"].fit
+    np.testing.assert_allclose(q0.cross, q0.hessian, rtol=1e-5, atol=1e-5)
 
 
 def test_quantized_propagation_is_sequential_within_a_block(path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 from pathlib import Path
@@ -78,6 +79,11 @@ def _positive(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
         raise ParamError(attribute.name, f"must be >= 1, got {value}")
 
 
+def _non_negative(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if not (math.isfinite(value) and value >= 0.0):
+        raise ParamError(attribute.name, f"must be a finite number >= 0, got {value}")
+
+
 def _fraction(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
     if not 0.0 <= value < 1.0:
         raise ParamError(attribute.name, f"must be in [0, 1), got {value}")
@@ -91,7 +97,12 @@ class CalibrationConfig:
     ``sequences`` windows of ``tokens`` tokens drawn with ``seed``;
     ``held_out``: the fraction of windows kept out of the fit for
     ``output_rel_l2``; ``propagate``: the windows reach the next block
-    through the ``quantized`` block just fitted, or the ``reference`` one.
+    through the ``quantized`` block just fitted, or the ``reference`` one;
+    ``target``: each layer is fitted to reproduce its own output on the
+    inputs it sees (``layer``) or the uncompressed model's output of that
+    layer (``reference``, with ``propagate: quantized`` only; see
+    `helix_framework.layer_stats`), solved with ``target_damp`` times the
+    mean Hessian diagonal added.
     """
 
     text: str = "builtin"
@@ -100,12 +111,17 @@ class CalibrationConfig:
     seed: int = 0
     held_out: float = attrs.field(default=0.125, validator=_fraction)
     propagate: Literal["quantized", "reference"] = "quantized"
+    target: Literal["layer", "reference"] = "layer"
+    target_damp: float = attrs.field(default=0.1, validator=_non_negative)
 
     def __attrs_post_init__(self) -> None:
         if not self.text.strip():
             raise ParamError("text", "must be builtin, a .txt file or a directory of .txt files")
         if self.tokens < 2:
             raise ParamError("tokens", f"must be >= 2, got {self.tokens}")
+        if self.target == "reference" and self.propagate != "quantized":
+            raise ParamError("target", "reference needs propagate: quantized (with reference inputs the two "
+                             "targets are the same)")
 
 
 @attrs.frozen
@@ -154,6 +170,8 @@ class CandidateConfig:
         }
         if self.calibration is not None:
             out["calibration"] = converter.unstructure(self.calibration)
+            if self.calibration.target == "layer":  # left out so existing configs keep their JSON
+                del out["calibration"]["target"], out["calibration"]["target_damp"]
         if self.error_feedback is not None:
             out["error_feedback"] = converter.unstructure(self.error_feedback)
         return out
