@@ -84,7 +84,9 @@ def rows() -> list[tuple[str, dict]]:
         ("40 without error feedback", _changed(c40, error_feedback=None)),
         ("40 without rotation", _changed(c40, rotation=None)),
         ("40 with awq scaling instead of hadamard", _changed(c40, rotation={"kind": "awq"})),
-        ("40 with propagate: reference", _changed(c40, calibration={**cal, "propagate": "reference"})),
+        ("40 with target: layer (each layer fitted to its own output)",
+         _changed(c40, calibration={**cal, "target": "layer"})),
+        ("40 with propagate: reference", _changed(c40, calibration={**cal, "propagate": "reference", "target": "layer"})),
         ("48_gptq_int4_g128 (40 until Lloyd-Max levels)", _file("48_gptq_int4_g128.yaml")),
         ("50_gptq_int2_g128 (42 until its 3-bit tensors)", c50),
         ("codebook: campq 2x256 of 8 + hadamard, error feedback", _changed(

@@ -188,13 +188,13 @@ def fit_reconstruct(
     With layer ``stats`` (a data-aware candidate) the components that take
     statistics get them (the codec sees them transformed by the rotation),
     and the candidate's error feedback stage, if any, quantizes the columns.
-    Statistics with ``cross`` (``target: reference``) replace ``x`` by
+    Statistics with ``drift`` (``target: reference``) replace ``x`` by
     `LayerStats.reference_target` first: the reconstruction approximates it.
     """
     cand = comp.candidate
     t0 = time.perf_counter()
     try:
-        if stats is not None and stats.cross is not None:  # target: reference (see `LayerStats`)
+        if stats is not None and stats.drift is not None:  # target: reference (see `LayerStats`)
             try:
                 x = stats.reference_target(x, cand.calibration.target_damp)
             except ValueError as exc:

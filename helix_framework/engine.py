@@ -17,7 +17,7 @@ fitted in the order they read their inputs (GPTQ's "true sequential"): the
 o, gate/up and down statistics are collected again once the layers before
 them are replaced, so each layer fits the inputs it will really see. With
 ``target: reference`` the fit windows also run through the uncompressed
-blocks, and each layer's statistics add ``sum x^T x_ref`` (its inputs
+blocks, and each layer's statistics add ``sum x^T (x_ref - x)`` (its inputs
 against the uncompressed model's, token by token), so it can be fitted to
 reproduce the uncompressed model's output. The model is loaded lazily and each block's
 weights are released before the next is read, so only one block's matrices
@@ -44,6 +44,9 @@ from helix_framework.config import canonical_json
 from helix_framework.errors import ConfigError, LayerInputError
 from helix_framework.layer_stats import LayerStats
 from helix_framework.reference.base import StopWindow, current_window
+
+#: Inputs whose magnitudes stay below this are kept in float16 (largest finite: 65,504).
+F16_SAFE = 60000.0
 
 #: ``on_step(phase, i, n)``: called before step ``i`` of ``n``; raise to stop.
 StepCallback = Callable[[str, int, int], None]
@@ -78,9 +81,9 @@ class StatsCollector:
     def __init__(self, reference: Mapping[str, Sequence[np.ndarray]] | None = None) -> None:
         self.group = "fit"
         # ``target: reference``: each layer's inputs in the uncompressed model,
-        # per fit window, so ``sum x^T x_ref`` is summed beside the Hessian.
+        # per fit window, so ``sum x^T (x_ref - x)`` is summed beside the Hessian.
         self._reference = reference or {}
-        self._cross: dict[str, np.ndarray] = {}
+        self._drift: dict[str, np.ndarray] = {}
         self._sums: dict[tuple[str, str], np.ndarray] = {}
         self._tokens: dict[tuple[str, str], int] = {}
         self._key_of: dict[str, str] = {}
@@ -108,7 +111,7 @@ class StatsCollector:
         # on one thread the windows come in order: the count so far is this one's index
         index = window if window is not None else self._added.get(slot, 0)
         ref = self._reference.get(name) if self.group == "fit" else None
-        cross = None if ref is None else x32.T @ np.asarray(ref[index], dtype=np.float32)
+        drift = None if ref is None else x32.T @ (np.asarray(ref[index], dtype=np.float32) - x32)
         with self._turn:
             if window is not None:
                 self._turn.wait_for(lambda: self._behind_failure(window) or self._added.get(slot, 0) == window)
@@ -120,11 +123,11 @@ class StatsCollector:
             else:
                 self._sums[slot] = h.astype(np.float64)
                 self._tokens[slot] = x.shape[0]
-            if cross is not None:
-                if name in self._cross:
-                    self._cross[name] += cross
+            if drift is not None:
+                if name in self._drift:
+                    self._drift[name] += drift
                 else:
-                    self._cross[name] = cross.astype(np.float64)
+                    self._drift[name] = drift.astype(np.float64)
             self._added[slot] = index + 1
             if window is not None:
                 self._turn.notify_all()
@@ -156,7 +159,7 @@ class StatsCollector:
             held = None
             if ("held_out", key) in self._sums:
                 held = LayerStats(self._sums["held_out", key], self._tokens["held_out", key])
-            fit = LayerStats(self._sums["fit", key], self._tokens["fit", key], cross=self._cross.get(key))
+            fit = LayerStats(self._sums["fit", key], self._tokens["fit", key], drift=self._drift.get(key))
             out[name] = BlockStats(fit, held, shared)
         return out
 
@@ -288,7 +291,7 @@ def run_blocks(
     (None: all); a block without any gets ``fit_block`` with none, and the
     windows stop after the last block that has one. ``target="reference"``
     (with ``quantized``) also moves the fit windows through the uncompressed
-    blocks and gives each layer's statistics ``cross`` (see `LayerStats`).
+    blocks and gives each layer's statistics ``drift`` (see `LayerStats`).
     """
     wanted = [layer for layer in range(model.n_layers)
               if fit_names is None or any(n in fit_names for n in model.block_tensors(layer))]
@@ -417,7 +420,7 @@ def _progress_tensors(infos: Sequence[Any], enabled: bool) -> Iterator[Any]:
 def _fit_sequential(
     model: Any, layer: int, names: list[str], first: StatsCollector, h_fit: np.ndarray,
     h_held: np.ndarray | None, fit_block: FitBlock, fit_names: Container[str] | None = None,
-    ref_inputs: Mapping[str, Sequence[np.ndarray]] | None = None,
+    ref_inputs: dict[str, list[np.ndarray]] | None = None,
 ) -> dict[str, np.ndarray]:
     """Fit a block's layers in the order they read their inputs (GPTQ's "true
     sequential": q/k/v, then o, then gate/up, then down), each group on the
@@ -427,7 +430,8 @@ def _fit_sequential(
     the block only up to that group's input; a group without a tensor in
     ``fit_names`` gets none. The block's other tensors (norms, biases) come
     last. ``ref_inputs``: the layers' inputs in the uncompressed model, per
-    fit window (``target: reference``)."""
+    fit window (``target: reference``); a group's are dropped from it once
+    the group is fitted (at 5,632 inputs a block's are hundreds of MB)."""
     stats = first.result()
     replacements: dict[str, np.ndarray] = {}
     seen: set[str] = set()
@@ -444,6 +448,8 @@ def _fit_sequential(
             model.weights[name] = np.ascontiguousarray(w, dtype=np.float32)
         replacements.update(fitted)
         seen.update(group)
+        for name in group if ref_inputs is not None else ():
+            ref_inputs.pop(name, None)
     rest = [n for n in names if n not in seen]
     replacements.update(fit_block(layer, rest, {}) if rest else {})
     return replacements
@@ -478,7 +484,7 @@ def _collect(model: Any, layer: int, h_fit: np.ndarray, h_held: np.ndarray | Non
     """The statistics of the layers in ``groups`` (the first groups block
     ``layer`` reads) on the fit and held-out windows; each window's pass
     stops at the last of them. With ``ref_inputs`` (the layers' inputs in
-    the uncompressed model, per fit window) they carry ``cross``."""
+    the uncompressed model, per fit window) they carry ``drift``."""
     collector = StatsCollector(ref_inputs)
     model.linear_observer = _Until(collector, groups)
     try:
@@ -506,7 +512,10 @@ def _reference_inputs(model: Any, layer: int, r_fit: np.ndarray) -> tuple[dict[s
 
 
 class _KeepInputs:
-    """An observer that keeps a float32 copy of every layer's input per window."""
+    """An observer that keeps a copy of every layer's input per window:
+    float16 when it fits (half the memory; its rounding, random and far
+    below the drift it enters, averages out of ``drift``'s sums), float32
+    when a value is beyond float16's range."""
 
     window_ordered = True  # each window writes its own slot
 
@@ -525,7 +534,7 @@ class _KeepInputs:
         if last is not None and last[0] is x:
             kept = last[1]
         else:
-            kept = np.array(x, dtype=np.float32)
+            kept = np.array(x, dtype=np.float16 if np.max(np.abs(x), initial=0.0) < F16_SAFE else np.float32)
             self._thread.last = (x, kept)
         self.inputs.setdefault(name, [None] * self.n_windows)[window] = kept  # type: ignore[list-item]
 

@@ -13,11 +13,12 @@ must see ``A^-1 H A^-T``: each rotation says how, in
 ``Rotation.transform_stats``.
 
 With ``calibration: {target: reference}`` the statistics also carry
-``cross = X^T X_ref``, where ``X_ref`` are the same tokens' inputs to the
-same layer in the uncompressed model. The layer is then fitted to
+``drift = X^T (X_ref - X)``, where ``X_ref`` are the same tokens' inputs to
+the same layer in the uncompressed model. The layer is then fitted to
 reproduce the uncompressed model's output ``X_ref W^T`` from the inputs it
 really sees (GPTQ's objective made asymmetric, as GPTAQ): the minimum of
-``||X W_hat^T - X_ref W^T||`` over ``W_hat`` is at ``W' = W C^T H^-1``, and
+``||X W_hat^T - X_ref W^T||`` over ``W_hat`` is at
+``W' = W (H + drift)^T H^-1``, and
 ``||X W_hat^T - X_ref W^T||^2 = ||X (W_hat - W')^T||^2 + const``, so fitting
 ``W'`` with the Hessian ``H`` (every codec, rotation and error feedback
 unchanged) minimises the asymmetric error. `LayerStats.reference_target`
@@ -39,15 +40,17 @@ class LayerStats:
     - ``hessian``: float64 [in_features, in_features], ``sum_t x_t^T x_t`` over
       the calibration tokens (not divided by their count; not damped).
     - ``n_tokens``: how many input rows were summed.
-    - ``cross``: float64 [in, in], ``sum_t x_t^T x_ref_t`` (the same tokens'
-      inputs in the uncompressed model), or None; only with ``target:
-      reference``, and consumed by the host (`reference_target`) before a
-      rotation or codec sees the rows.
+    - ``drift``: float64 [in, in], ``sum_t x_t^T (x_ref_t - x_t)`` (``x_ref``:
+      the same tokens' inputs in the uncompressed model), or None; only with
+      ``target: reference``, and consumed by the host (`reference_target`)
+      before a rotation or codec sees the rows. Summed as the difference,
+      not as ``X^T X_ref - H``: the two are close, and their difference
+      would lose most of its digits.
     """
 
     hessian: np.ndarray = attrs.field(eq=False, repr=False)
     n_tokens: int
-    cross: np.ndarray | None = attrs.field(default=None, eq=False, repr=False)
+    drift: np.ndarray | None = attrs.field(default=None, eq=False, repr=False)
 
     @property
     def diag(self) -> np.ndarray:
@@ -61,25 +64,24 @@ class LayerStats:
 
     def reference_target(self, rows: np.ndarray, damp: float) -> np.ndarray:
         """The rows ``W'`` whose output on this layer's inputs is closest to
-        the uncompressed model's (``cross``; see the module docstring):
-        ``W' = W + W D^T (H + damp mean(diag H) I)^-1`` with
-        ``D = cross - H = X^T (X_ref - X)``, float32.
-        Without ``cross`` the rows are returned as they are. Damping keeps
+        the uncompressed model's (see the module docstring):
+        ``W' = W + W drift^T (H + damp mean(diag H) I)^-1``, float32.
+        Without ``drift`` the rows are returned as they are. Damping keeps
         the solve well posed (dead inputs get a unit diagonal, and it grows
         tenfold until the factorisation succeeds), and it shrinks the
         correction, never the weights: with ``X_ref = X``, ``W' = W``.
         """
-        if self.cross is None:
+        if self.drift is None:
             return rows
         from scipy.linalg import cho_factor, cho_solve
 
+        w = np.asarray(rows, dtype=np.float64)
+        rhs = np.asarray(self.drift, dtype=np.float64) @ w.T  # [in, out]: no second [in, in] array
         h = np.array(self.hessian, dtype=np.float64)
-        drift = np.asarray(self.cross, dtype=np.float64) - h  # X^T (X_ref - X)
         diag = np.diagonal(h).copy()
         dead = diag <= 0
         diag[dead] = 1.0
         mean = float(np.mean(diag)) if diag.size else 1.0
-        w = np.asarray(rows, dtype=np.float64)
         d = max(float(damp), 1e-6)
         for _ in range(13):
             np.fill_diagonal(h, diag + d * mean)
@@ -88,5 +90,5 @@ class LayerStats:
             except np.linalg.LinAlgError:
                 d *= 10.0
                 continue
-            return (w + cho_solve(factor, drift @ w.T, check_finite=False).T).astype(np.float32)
+            return (w + cho_solve(factor, rhs, check_finite=False).T).astype(np.float32)
         raise ValueError(f"the Hessian stays singular even damped by {d / 10:g} of its mean diagonal")

@@ -245,7 +245,7 @@ def test_reference_target_minimises_the_error_against_the_uncompressed_output():
     x = rng.standard_normal((400, 16))
     x_ref = x + 0.1 * rng.standard_normal((400, 16))
     w = rng.standard_normal((8, 16)).astype(np.float32)
-    stats = LayerStats(x.T @ x, 400, cross=x.T @ x_ref)
+    stats = LayerStats(x.T @ x, 400, drift=x.T @ (x_ref - x))
     target = stats.reference_target(w, 0.0).astype(np.float64)
     np.testing.assert_allclose(target, np.linalg.lstsq(x, x_ref @ w.T.astype(np.float64), rcond=None)[0].T,
                                rtol=1e-4, atol=1e-4)
@@ -257,12 +257,12 @@ def test_reference_target_minimises_the_error_against_the_uncompressed_output():
                for w_hat in (w, np.rint(w * 2) / 2, rng.standard_normal(w.shape))]
     np.testing.assert_allclose(offsets, offsets[0], rtol=1e-4)
     assert asymmetric(target) < asymmetric(w)
-    np.testing.assert_array_equal(LayerStats(x.T @ x, 400, cross=x.T @ x).reference_target(w, 0.01), w)
-    assert LayerStats(x.T @ x, 400).reference_target(w, 0.01) is w  # no cross: nothing to do
+    np.testing.assert_array_equal(LayerStats(x.T @ x, 400, drift=np.zeros((16, 16))).reference_target(w, 0.01), w)
+    assert LayerStats(x.T @ x, 400).reference_target(w, 0.01) is w  # no drift: nothing to do
     # a singular Hessian (a dead input, two equal ones) is damped, never a crash
     x[:, 3] = 0.0
     x[:, 5] = x[:, 4]
-    damped = LayerStats(x.T @ x, 400, cross=x.T @ x_ref).reference_target(w, 0.0)
+    damped = LayerStats(x.T @ x, 400, drift=x.T @ (x_ref - x)).reference_target(w, 0.0)
     assert np.all(np.isfinite(damped))
 
 

@@ -107,10 +107,11 @@ def _inputs(model, ids, layer):
 
 
 def test_target_reference_sums_the_inputs_against_the_uncompressed_models(path):
-    """``target: reference``: each layer's statistics carry ``X^T X_ref``, X
-    its inputs in the partly compressed model (blocks before it and the
-    block's earlier layers replaced), X_ref the same tokens' inputs in the
-    uncompressed model; with ``target: layer`` there is none."""
+    """``target: reference``: each layer's statistics carry ``X^T (X_ref -
+    X)``, X its inputs in the partly compressed model (blocks before it and
+    the block's earlier layers replaced), X_ref the same tokens' inputs in
+    the uncompressed model (kept in float16); with ``target: layer`` there
+    is none."""
     ids, fit, held = windows(), np.arange(4), np.array([4])
     coarse = lambda w: np.rint(w * 2) / 2  # noqa: E731
     stats, _ = collect(load_model(path, lazy=True), ids, fit, held, replace=coarse, target="reference")
@@ -123,14 +124,27 @@ def test_target_reference_sums_the_inputs_against_the_uncompressed_models(path):
             if n.endswith("proj.weight"):
                 probe.weights[n] = coarse(probe.weights[n])
         x = _inputs(probe, ids[fit], 1)[name]
-        np.testing.assert_allclose(stats[1][name].fit.cross, x.T @ ref[name], rtol=1e-4, atol=1e-3)
+        want = x.T @ (ref[name] - x)
+        got = stats[1][name].fit.drift
+        np.testing.assert_allclose(got, want, rtol=0, atol=2e-3 * np.abs(x.T @ ref[name]).max())
+        assert np.abs(want).max() > 0.05 * np.abs(x.T @ x).max()  # a real drift, measured to a few parts in 1e3
         np.testing.assert_allclose(stats[1][name].fit.hessian, x.T @ x, rtol=1e-4, atol=1e-3)
         np.testing.assert_array_equal(stats[1][name].fit.hessian, plain[1][name].fit.hessian)
-        assert plain[1][name].fit.cross is None and stats[1][name].held_out.cross is None
-        assert not np.allclose(stats[1][name].fit.cross, stats[1][name].fit.hessian, rtol=1e-3)
-    # nothing is compressed before block 0's q/k/v: their inputs are the reference's
+        assert plain[1][name].fit.drift is None and stats[1][name].held_out.drift is None
+    # nothing is compressed before block 0's q/k/v: their inputs are the reference's (to float16 rounding)
     q0 = stats[0][P.format(0) + "self_attn.q_proj.weight"].fit
-    np.testing.assert_allclose(q0.cross, q0.hessian, rtol=1e-5, atol=1e-5)
+    assert np.abs(q0.drift).max() <= 1e-3 * np.abs(q0.hessian).max()
+
+
+def test_reference_inputs_beyond_float16_stay_float32():
+    from helix_framework.engine import _KeepInputs
+
+    keep = _KeepInputs(2)
+    small, large = np.ones((3, 4), np.float32), np.full((3, 4), 1e5, np.float32)
+    keep("a", small)
+    keep("a", large)
+    assert [a.dtype for a in keep.inputs["a"]] == [np.float16, np.float32]
+    np.testing.assert_array_equal(keep.inputs["a"][1], large)
 
 
 def test_quantized_propagation_is_sequential_within_a_block(path):
