@@ -431,7 +431,7 @@ def _fit_sequential(
     ``fit_names`` gets none. The block's other tensors (norms, biases) come
     last. ``ref_inputs``: the layers' inputs in the uncompressed model, per
     fit window (``target: reference``); a group's are dropped from it once
-    the group is fitted (at 5,632 inputs a block's are hundreds of MB)."""
+    its statistics are summed (at 5,632 inputs a block's are hundreds of MB)."""
     stats = first.result()
     replacements: dict[str, np.ndarray] = {}
     seen: set[str] = set()
@@ -443,13 +443,13 @@ def _fit_sequential(
             group_stats = {}
         elif replacements or any(n not in stats for n in group):
             group_stats = _collect(model, layer, h_fit, h_held, [group], ref_inputs).result()
+        for name in group if ref_inputs is not None else ():  # summed into the drift: not needed again
+            ref_inputs.pop(name, None)
         fitted = fit_block(layer, group, {n: group_stats[n] for n in group if n in group_stats})
         for name, w in fitted.items():
             model.weights[name] = np.ascontiguousarray(w, dtype=np.float32)
         replacements.update(fitted)
         seen.update(group)
-        for name in group if ref_inputs is not None else ():
-            ref_inputs.pop(name, None)
     rest = [n for n in names if n not in seen]
     replacements.update(fit_block(layer, rest, {}) if rest else {})
     return replacements
