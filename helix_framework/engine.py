@@ -83,7 +83,6 @@ class StatsCollector:
         # ``target: reference``: each layer's inputs in the uncompressed model,
         # per fit window, so ``sum x^T (x_ref - x)`` is summed beside the Hessian.
         self._reference = reference or {}
-        self._drift: dict[str, np.ndarray] = {}
         self._sums: dict[tuple[str, str], np.ndarray] = {}
         self._tokens: dict[tuple[str, str], int] = {}
         self._key_of: dict[str, str] = {}
@@ -106,28 +105,31 @@ class StatsCollector:
         # exact enough over a few hundred tokens), summed over windows in float64.
         x32 = np.asarray(x, dtype=np.float32)
         slot = (self.group, name)
-        h = x32.T @ x32  # widened to float64 as it is added: a waiting thread holds half the bytes
         window = current_window()
         # on one thread the windows come in order: the count so far is this one's index
         index = window if window is not None else self._added.get(slot, 0)
+        # widened to float64 as it is added: a waiting thread holds half the bytes
+        self._add_in_order(slot, x32.T @ x32, x.shape[0], window, index)
         ref = self._reference.get(name) if self.group == "fit" else None
-        drift = None if ref is None else x32.T @ (np.asarray(ref[index], dtype=np.float32) - x32)
+        if ref is not None:  # after the Hessian's product is added: one [in, in] product per thread at a time
+            self._add_in_order(("drift", name), x32.T @ (np.asarray(ref[index], dtype=np.float32) - x32), 0,
+                               window, index)
+
+    def _add_in_order(self, slot: tuple[str, str], product: np.ndarray, tokens: int, window: int | None,
+                      index: int) -> None:
+        """Add window ``index``'s ``product`` to ``slot``'s float64 sum once
+        every earlier window's is in (``window``: None on one thread)."""
         with self._turn:
             if window is not None:
                 self._turn.wait_for(lambda: self._behind_failure(window) or self._added.get(slot, 0) == window)
                 if self._behind_failure(window):
-                    raise LayerInputError(f"window {self._failed} of this block failed first", layer=name)
+                    raise LayerInputError(f"window {self._failed} of this block failed first", layer=slot[1])
             if slot in self._sums:
-                self._sums[slot] += h
-                self._tokens[slot] += x.shape[0]
+                self._sums[slot] += product
+                self._tokens[slot] += tokens
             else:
-                self._sums[slot] = h.astype(np.float64)
-                self._tokens[slot] = x.shape[0]
-            if drift is not None:
-                if name in self._drift:
-                    self._drift[name] += drift
-                else:
-                    self._drift[name] = drift.astype(np.float64)
+                self._sums[slot] = product.astype(np.float64)
+                self._tokens[slot] = tokens
             self._added[slot] = index + 1
             if window is not None:
                 self._turn.notify_all()
@@ -159,7 +161,7 @@ class StatsCollector:
             held = None
             if ("held_out", key) in self._sums:
                 held = LayerStats(self._sums["held_out", key], self._tokens["held_out", key])
-            fit = LayerStats(self._sums["fit", key], self._tokens["fit", key], drift=self._drift.get(key))
+            fit = LayerStats(self._sums["fit", key], self._tokens["fit", key], drift=self._sums.get(("drift", key)))
             out[name] = BlockStats(fit, held, shared)
         return out
 
