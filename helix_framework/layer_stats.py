@@ -72,18 +72,18 @@ class LayerStats:
         correction, never the weights: with ``X_ref = X``, ``W' = W``.
 
         The factorisation is float32 (one [in, in] float32 copy: at 5,632
-        inputs the float64 ones beside the Hessian and drift were the peak
-        of a 1 B model's calibration), refined once against the float64
-        Hessian, which restores float64's accuracy for a well-damped system.
+        inputs float64 copies beside the Hessian and drift were the peak of
+        a 1 B model's calibration), refined once against the float64
+        Hessian, which restores float64's accuracy for a well-damped system;
+        the rows are solved a few hundred at a time for the same reason.
         """
         if self.drift is None:
             return rows
         from scipy.linalg import cho_factor, cho_solve
 
-        w = np.asarray(rows, dtype=np.float64)
+        w = np.asarray(rows, dtype=np.float32)
         h = np.asarray(self.hessian, dtype=np.float64)
-        rhs = np.asarray(self.drift, dtype=np.float64) @ w.T  # [in, out]
-        diag = np.diagonal(h).copy()
+        diag = np.diagonal(h)
         dead = diag <= 0  # an input never seen: its row and column are zero
         mean = float(np.mean(np.where(dead, 1.0, diag))) if diag.size else 1.0
         d = max(float(damp), 1e-6)
@@ -96,9 +96,16 @@ class LayerStats:
             except np.linalg.LinAlgError:
                 d *= 10.0
                 continue
-            z = cho_solve(factor, rhs.astype(np.float32), check_finite=False).astype(np.float64)
-            z += cho_solve(factor, (rhs - h @ z - shift[:, None] * z).astype(np.float32), check_finite=False)
-            if np.all(np.isfinite(z)):
-                return (w + z.T).astype(np.float32)
+            out = np.empty_like(w)
+            for r0 in range(0, w.shape[0], 256):
+                chunk = w[r0:r0 + 256].astype(np.float64)
+                rhs = self.drift @ chunk.T  # [in, rows]
+                z = cho_solve(factor, rhs.astype(np.float32), check_finite=False).astype(np.float64)
+                rhs -= h @ z
+                rhs -= shift[:, None] * z
+                z += cho_solve(factor, rhs.astype(np.float32), check_finite=False)
+                out[r0:r0 + 256] = chunk + z.T
+            if np.all(np.isfinite(out)):
+                return out
             d *= 10.0
         raise ValueError(f"the Hessian stays singular even damped by {d / 10:g} of its mean diagonal")
