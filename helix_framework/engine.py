@@ -161,7 +161,10 @@ class StatsCollector:
             held = None
             if ("held_out", key) in self._sums:
                 held = LayerStats(self._sums["held_out", key], self._tokens["held_out", key])
-            fit = LayerStats(self._sums["fit", key], self._tokens["fit", key], drift=self._sums.get(("drift", key)))
+            drift = self._sums.get(("drift", key))
+            # summed in float64, kept in float32: it lives through the layer's fit
+            drift = None if drift is None else drift.astype(np.float32)
+            fit = LayerStats(self._sums["fit", key], self._tokens["fit", key], drift=drift)
             out[name] = BlockStats(fit, held, shared)
         return out
 

@@ -40,12 +40,12 @@ class LayerStats:
     - ``hessian``: float64 [in_features, in_features], ``sum_t x_t^T x_t`` over
       the calibration tokens (not divided by their count; not damped).
     - ``n_tokens``: how many input rows were summed.
-    - ``drift``: float64 [in, in], ``sum_t x_t^T (x_ref_t - x_t)`` (``x_ref``:
+    - ``drift``: float32 or float64 [in, in], ``sum_t x_t^T (x_ref_t - x_t)`` (``x_ref``:
       the same tokens' inputs in the uncompressed model), or None; only with
       ``target: reference``, and consumed by the host (`reference_target`)
-      before a rotation or codec sees the rows. Summed as the difference,
-      not as ``X^T X_ref - H``: the two are close, and their difference
-      would lose most of its digits.
+      before a rotation or codec sees the rows. Summed (in float64) as the
+      difference, not as ``X^T X_ref - H``: the two are close, and their
+      difference would lose most of its digits.
     """
 
     hessian: np.ndarray = attrs.field(eq=False, repr=False)
@@ -98,8 +98,8 @@ class LayerStats:
                 continue
             out = np.empty_like(w)
             for r0 in range(0, w.shape[0], 256):
+                rhs = (self.drift @ w[r0:r0 + 256].astype(self.drift.dtype).T).astype(np.float64)  # [in, rows]
                 chunk = w[r0:r0 + 256].astype(np.float64)
-                rhs = self.drift @ chunk.T  # [in, rows]
                 z = cho_solve(factor, rhs.astype(np.float32), check_finite=False).astype(np.float64)
                 rhs -= h @ z
                 rhs -= shift[:, None] * z
