@@ -30,6 +30,18 @@ the whole atom ``S`` is ``E = (W_S - Q_S) U_SS^-1``,
   codec's ``bind_rows`` fixes them from the original weights before any
   update), so the codes need no column permutation index.
 
+Afterwards, ``cd_passes`` passes of **coordinate descent** (as QuantEase,
+Behdin et al., 2023, started from GPTQ's solution) may revisit every atom
+with all the others fixed. With ``E = W - Q`` and ``G = H E^T``, the
+objective ``sum_rows e^T H e`` as a function of atom ``S`` alone is
+``(q_S - t_S)^T H_SS (q_S - t_S) + const`` with
+``t_S = q_S + H_SS^-1 G_S``: error feedback only ever looks forward, while
+this step also sees the columns quantized after ``S``. The atom is
+re-quantized at ``t_S`` and the new codes are kept in the rows where they
+lower that quadratic (for one column the nearest level is its exact minimum,
+so every row's objective falls or stays), so no pass can raise the output
+error. Updates to ``G`` are lazy per block, like GPTQ's.
+
 The codec contract is in `helix_framework.codec`: ``bind_rows``,
 ``column_atom``, ``quantize_columns`` and an ``encode`` that reproduces the
 quantized matrix exactly (checked here; a codec that breaks it raises
@@ -53,6 +65,8 @@ __all__ = ["ErrorFeedbackParams", "inverse_cholesky", "quantize_with_feedback"]
 
 #: Damping retries (each multiplies it by 10) before giving up on the Hessian.
 MAX_DAMP_RETRIES = 12
+#: More passes than this is a typo: each costs about one error-feedback pass.
+MAX_CD_PASSES = 100
 
 
 def _check_damp(_inst: Any, _attr: Any, value: Any) -> None:
@@ -63,6 +77,11 @@ def _check_damp(_inst: Any, _attr: Any, value: Any) -> None:
 def _check_block(_inst: Any, _attr: Any, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ParamError("block", f"must be a positive integer (columns per lazy update), got {value!r}")
+
+
+def _check_passes(_inst: Any, _attr: Any, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_CD_PASSES:
+        raise ParamError("cd_passes", f"must be an integer from 0 to {MAX_CD_PASSES} (coordinate-descent passes), got {value!r}")
 
 
 def _check_flag(_inst: Any, attr: Any, value: Any) -> None:
@@ -80,12 +99,36 @@ class ErrorFeedbackParams:
     - ``act_order``: quantize atoms in order of decreasing Hessian diagonal.
     - ``refit``: afterwards, re-solve the codec's per-row scales for the
       codes chosen (codecs with ``refits_scales``; see ``quantize_with_feedback``).
+    - ``cd_passes``: coordinate-descent passes over the atoms after error
+      feedback (0: none; see the module docstring).
     """
 
     damp: float = attrs.field(default=0.01, validator=_check_damp)
     block: int = attrs.field(default=128, validator=_check_block)
     act_order: bool = attrs.field(default=True, validator=_check_flag)
     refit: bool = attrs.field(default=False, validator=_check_flag)
+    cd_passes: int = attrs.field(default=0, validator=_check_passes)
+
+
+def _live_symmetric(h: np.ndarray) -> tuple[np.ndarray, float]:
+    """Symmetrize ``h`` in place and give dead inputs a unit diagonal; (diagonal, its mean)."""
+    h += h.T
+    h *= 0.5
+    dead = np.diagonal(h) <= 0
+    h[dead, :] = 0.0
+    h[:, dead] = 0.0
+    h[dead, dead] = 1.0
+    base = np.diagonal(h).copy()
+    return base, float(np.mean(base)) if h.size else 1.0
+
+
+def damped_hessian(hessian: np.ndarray, damp: float) -> np.ndarray:
+    """The float64 Hessian error feedback works with: symmetric, dead inputs
+    at a unit diagonal, ``damp`` times the mean diagonal added."""
+    h = np.array(hessian, dtype=np.float64, copy=True)
+    base, mean = _live_symmetric(h)
+    np.fill_diagonal(h, base + float(damp) * mean)
+    return h
 
 
 def inverse_cholesky(hessian: np.ndarray, damp: float, overwrite: bool = False) -> tuple[np.ndarray, float]:
@@ -104,15 +147,7 @@ def inverse_cholesky(hessian: np.ndarray, damp: float, overwrite: bool = False) 
     # LAPACK in place, one d x d array besides h: at 5632 inputs (the down
     # projection of a 1 B model) each is 254 MB, and numpy's inv route held
     # about eight at once.
-    h += h.T
-    h *= 0.5
-    diag = np.diagonal(h).copy()
-    dead = diag <= 0
-    h[dead, :] = 0.0
-    h[:, dead] = 0.0
-    h[dead, dead] = 1.0
-    base = np.diagonal(h).copy()
-    mean = float(np.mean(base)) if h.size else 1.0
+    base, mean = _live_symmetric(h)
     d = float(damp)
     for _ in range(MAX_DAMP_RETRIES + 1):
         np.fill_diagonal(h, base + d * mean)
@@ -131,6 +166,67 @@ def inverse_cholesky(hessian: np.ndarray, damp: float, overwrite: bool = False) 
 
 def _codec_name(codec: Codec) -> str:
     return str(getattr(codec, "name", type(codec).__name__))
+
+
+def _quantize_atom(codec: Codec, bound: CodecState, columns: np.ndarray, start: int) -> np.ndarray:
+    """``codec.quantize_columns`` of ``columns`` [atom, n] (one atom, transposed), checked."""
+    values = np.ascontiguousarray(columns.T, dtype=np.float32)
+    q = np.asarray(codec.quantize_columns(bound, values, start))
+    if q.shape != values.shape or q.dtype != np.float32:
+        name = _codec_name(codec)
+        raise ErrorFeedbackError(
+            f"codec {name!r}: quantize_columns returned {q.dtype}{q.shape}, expected float32{values.shape}",
+            codec=name,
+        )
+    return q
+
+
+def _descend(
+    codec: Codec,
+    bound: CodecState,
+    target: np.ndarray,
+    quant: np.ndarray,
+    hessian: np.ndarray,
+    order: np.ndarray,
+    atom: int,
+    width: int,
+    passes: int,
+) -> list[float]:
+    """Coordinate descent on ``quant`` [d, n] (in place), both in the atom order
+    of ``order``, against ``target`` [d, n] under ``hessian`` [d, d] (permuted
+    the same way, damped). Returns the objective before and after each pass."""
+    d = quant.shape[0]
+    err = target - quant  # E^T: row j is column j's error
+    grad = hessian @ err  # G = H E^T, kept exact inside the current block, lazily outside it
+    objective = [float(np.sum(err * grad))]
+    for _ in range(passes):
+        for b0 in range(0, d, width):
+            b1 = min(b0 + width, d)
+            moved = np.zeros((b1 - b0, quant.shape[1]))
+            for c0 in range(b0, b1, atom):
+                c1 = c0 + atom
+                h_ss = hessian[c0:c1, c0:c1]
+                old = quant[c0:c1].astype(np.float64)
+                if atom == 1:
+                    t = old + grad[c0:c1] / h_ss[0, 0]
+                else:
+                    t = old + np.linalg.solve(h_ss, grad[c0:c1])
+                new = _quantize_atom(codec, bound, t, int(order[c0 // atom]) * atom).T
+                # keep the new codes only where the atom's quadratic falls (per row)
+                a, b = new - t, old - t
+                better = np.einsum("in,in->n", b, h_ss @ b) > np.einsum("in,in->n", a, h_ss @ a)
+                if not better.any():
+                    continue
+                quant[c0:c1] = np.where(better, new, quant[c0:c1])
+                delta = quant[c0:c1] - old  # exact: differences of float32 values in float64
+                err[c0:c1] -= delta
+                grad[b0:b1] -= hessian[b0:b1, c0:c1] @ delta
+                moved[c0 - b0 : c1 - b0] = delta
+            if moved.any():
+                grad[:b0] -= hessian[:b0, b0:b1] @ moved
+                grad[b1:] -= hessian[b1:, b0:b1] @ moved
+        objective.append(float(np.sum(err * grad)))
+    return objective
 
 
 def quantize_with_feedback(
@@ -184,13 +280,7 @@ def quantize_with_feedback(
         errors = np.empty((b1 - b0, n))
         for j in range(0, b1 - b0, atom):
             c0, c1 = b0 + j, b0 + j + atom
-            values = np.ascontiguousarray(block[j : j + atom].T, dtype=np.float32)
-            q = np.asarray(codec.quantize_columns(bound, values, int(order[c0 // atom]) * atom))
-            if q.shape != values.shape or q.dtype != np.float32:
-                raise ErrorFeedbackError(
-                    f"codec {name!r}: quantize_columns returned {q.dtype}{q.shape}, expected float32{values.shape}",
-                    codec=name,
-                )
+            q = _quantize_atom(codec, bound, block[j : j + atom], int(order[c0 // atom]) * atom)
             quant[c0:c1] = q.T
             diff = block[j : j + atom] - q.T
             if atom == 1:
@@ -200,6 +290,12 @@ def quantize_with_feedback(
             errors[j : j + atom] = err
             block[j + atom :] -= upper[c0:c1, c1:b1].T @ err
         work[b1:] -= upper[b0:b1, b1:].T @ errors
+    del upper, work
+    descent = None
+    if params.cd_passes:
+        target = np.ascontiguousarray(w.T[perm], dtype=np.float64)
+        descent = _descend(codec, bound, target, quant, damped_hessian(h[np.ix_(perm, perm)], damp_used),
+                           order, atom, width, params.cd_passes)
 
     w_hat = np.empty((n, d), dtype=np.float32)
     w_hat[:, perm] = quant.T
@@ -224,4 +320,7 @@ def quantize_with_feedback(
         "column_atom": atom,
         "dead_inputs": int(np.sum(diag <= 0)),
     }
+    if descent is not None:  # the objective sum_rows e^T H e before and after each pass
+        meta["cd_passes"] = params.cd_passes
+        meta["cd_objective"] = descent
     return attrs.evolve(codes, meta={**codes.meta, "error_feedback": meta})

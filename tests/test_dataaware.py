@@ -235,6 +235,12 @@ def test_calibration_defaults_and_json(host):
     assert "calibration" not in candidate_from_mapping({"name": "x", "codec": "today"}, host).to_json()
     asym = candidate_from_mapping({"name": "x", "codec": "today", "calibration": {"target": "reference"}}, host)
     assert (asym.to_json()["calibration"]["target"], asym.to_json()["calibration"]["target_damp"]) == ("reference", 0.1)
+    # error_feedback's cd_passes is left out at 0, so existing configs keep their JSON
+    feedback = {"name": "x", "codec": "rtn", "calibration": {}, "error_feedback": {}}
+    assert candidate_from_mapping(feedback, host).to_json()["error_feedback"] == {
+        "damp": 0.01, "block": 128, "act_order": True, "refit": False}
+    feedback["error_feedback"] = {"cd_passes": 3}
+    assert candidate_from_mapping(feedback, host).to_json()["error_feedback"]["cd_passes"] == 3
 
 
 def test_reference_target_minimises_the_error_against_the_uncompressed_output():
@@ -434,15 +440,17 @@ def test_probe_fits_a_data_aware_candidate_with_its_layer_statistics(host, tiny)
 
 def test_gaussian_levels_refit_and_a_5_bit_route_round_trip_through_artifacts(tmp_path, host, tiny):
     """40's shape of candidate (rtn on Lloyd-Max levels under error feedback,
-    a route rule at 5 bits) plus refit: the artifacts decode to exactly the
-    weights fitted in memory, and each tensor records its rule's bits and levels."""
+    a route rule at 5 bits) plus refit and coordinate descent: the artifacts
+    decode to exactly the weights fitted in memory, and each tensor records
+    its rule's bits and levels."""
     import json
 
     from helix_framework.calibrate import weights_from_artifacts, weights_from_config
     from helix_framework.sources import open_source
 
     params = {"bits": 4, "group_size": 16, "symmetric": False, "clip": True, "levels": "gaussian"}
-    cand = candidate(host, codec="rtn", params=params, error_feedback={"refit": True}, measure=["rel_l2"],
+    cand = candidate(host, codec="rtn", params=params, error_feedback={"refit": True, "cd_passes": 2},
+                     measure=["rel_l2"],
                      routes=[{"match": "_proj", "route": "codec"},
                              {"match": "v_proj", "codec": "rtn", "params": {**params, "bits": 5}}])
     calibrate(tiny, cand, tmp_path / "out", host=host)
@@ -460,3 +468,5 @@ def test_gaussian_levels_refit_and_a_5_bit_route_round_trip_through_artifacts(tm
     for name, entry in entries.items():
         bits = 5 if "v_proj" in name else 4
         assert entry["bits"]["code_bpw"] == bits and entry["codec_meta"]["state"]["levels"] == "gaussian"
+        objective = entry["codec_meta"]["codes"]["error_feedback"]["cd_objective"]
+        assert len(objective) == 3 and objective[2] <= objective[1] <= objective[0]

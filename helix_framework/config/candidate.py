@@ -174,6 +174,8 @@ class CandidateConfig:
                 del out["calibration"]["target"], out["calibration"]["target_damp"]
         if self.error_feedback is not None:
             out["error_feedback"] = converter.unstructure(self.error_feedback)
+            if not self.error_feedback.cd_passes:  # left out so existing configs keep their JSON
+                del out["error_feedback"]["cd_passes"]
         return out
 
 
