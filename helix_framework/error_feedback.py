@@ -54,7 +54,7 @@ from typing import Any
 
 import attrs
 import numpy as np
-from scipy.linalg import lapack
+from scipy.linalg import blas, lapack
 
 from helix_framework.codec import Codec, CodecState, Codes
 from helix_framework.errors import ErrorFeedbackError
@@ -181,6 +181,22 @@ def _quantize_atom(codec: Codec, bound: CodecState, columns: np.ndarray, start: 
     return q
 
 
+def _subtract_outer(out: np.ndarray, h: np.ndarray, delta: np.ndarray) -> None:
+    """``out -= h @ delta`` in place (a rank-``atom`` update, BLAS dger for one column)."""
+    if h.shape[1] == 1:
+        # out is C-ordered [m, n], so out.T is Fortran-ordered and dger updates it in place
+        blas.dger(-1.0, delta[0], h[:, 0], a=out.T, overwrite_a=1)
+    else:
+        out -= h @ delta
+
+
+def _upper_atoms(h_bb: np.ndarray, atom: int) -> np.ndarray:
+    """``h_bb`` with the entries of atom pairs (row atom, column atom) where the
+    column atom comes before the row atom set to zero."""
+    idx = np.arange(h_bb.shape[0]) // atom
+    return np.where(idx[None, :] >= idx[:, None], h_bb, 0.0)
+
+
 def _descend(
     codec: Codec,
     bound: CodecState,
@@ -214,17 +230,23 @@ def _descend(
                 new = _quantize_atom(codec, bound, t, int(order[c0 // atom]) * atom).T
                 # keep the new codes only where the atom's quadratic falls (per row)
                 a, b = new - t, old - t
-                better = np.einsum("in,in->n", b, h_ss @ b) > np.einsum("in,in->n", a, h_ss @ a)
+                if atom == 1:  # h_ss > 0: compare the distances themselves
+                    better = np.abs(b[0]) > np.abs(a[0])
+                else:
+                    better = np.einsum("in,in->n", b, h_ss @ b) > np.einsum("in,in->n", a, h_ss @ a)
                 if not better.any():
                     continue
                 quant[c0:c1] = np.where(better, new, quant[c0:c1])
                 delta = quant[c0:c1] - old  # exact: differences of float32 values in float64
                 err[c0:c1] -= delta
-                grad[b0:b1] -= hessian[b0:b1, c0:c1] @ delta
+                if c1 < b1:  # the atoms after this one in the block see the change now
+                    _subtract_outer(grad[c1:b1], hessian[c1:b1, c0:c1], delta)
                 moved[c0 - b0 : c1 - b0] = delta
             if moved.any():
                 grad[:b0] -= hessian[:b0, b0:b1] @ moved
                 grad[b1:] -= hessian[b1:, b0:b1] @ moved
+                # the block's own rows still miss the changes of their atom and the atoms after it
+                grad[b0:b1] -= _upper_atoms(hessian[b0:b1, b0:b1], atom) @ moved
         objective.append(float(np.sum(err * grad)))
     return objective
 
