@@ -122,10 +122,11 @@ def _live_symmetric(h: np.ndarray) -> tuple[np.ndarray, float]:
     return base, float(np.mean(base)) if h.size else 1.0
 
 
-def damped_hessian(hessian: np.ndarray, damp: float) -> np.ndarray:
+def damped_hessian(hessian: np.ndarray, damp: float, overwrite: bool = False) -> np.ndarray:
     """The float64 Hessian error feedback works with: symmetric, dead inputs
-    at a unit diagonal, ``damp`` times the mean diagonal added."""
-    h = np.array(hessian, dtype=np.float64, copy=True)
+    at a unit diagonal, ``damp`` times the mean diagonal added. ``overwrite``:
+    a float64 ``hessian`` is changed in place and returned."""
+    h = np.asarray(hessian, dtype=np.float64) if overwrite else np.array(hessian, dtype=np.float64, copy=True)
     base, mean = _live_symmetric(h)
     np.fill_diagonal(h, base + float(damp) * mean)
     return h
@@ -200,7 +201,7 @@ def _upper_atoms(h_bb: np.ndarray, atom: int) -> np.ndarray:
 def _descend(
     codec: Codec,
     bound: CodecState,
-    target: np.ndarray,
+    err: np.ndarray,
     quant: np.ndarray,
     hessian: np.ndarray,
     order: np.ndarray,
@@ -208,11 +209,11 @@ def _descend(
     width: int,
     passes: int,
 ) -> list[float]:
-    """Coordinate descent on ``quant`` [d, n] (in place), both in the atom order
-    of ``order``, against ``target`` [d, n] under ``hessian`` [d, d] (permuted
-    the same way, damped). Returns the objective before and after each pass."""
+    """Coordinate descent on ``quant`` [d, n] and its error ``err`` = target -
+    quant (both in place, columns as rows, in the atom order of ``order``)
+    under ``hessian`` [d, d] (permuted the same way, damped). Returns the
+    objective before and after each pass."""
     d = quant.shape[0]
-    err = target - quant  # E^T: row j is column j's error
     grad = hessian @ err  # G = H E^T, kept exact inside the current block, lazily outside it
     objective = [float(np.sum(err * grad))]
     for _ in range(passes):
@@ -315,9 +316,11 @@ def quantize_with_feedback(
     del upper, work
     descent = None
     if params.cd_passes:
-        target = np.ascontiguousarray(w.T[perm], dtype=np.float64)
-        descent = _descend(codec, bound, target, quant, damped_hessian(h[np.ix_(perm, perm)], damp_used),
-                           order, atom, width, params.cd_passes)
+        hp = damped_hessian(h[np.ix_(perm, perm)], damp_used, overwrite=True)
+        err = np.ascontiguousarray(w.T[perm], dtype=np.float64)
+        err -= quant
+        descent = _descend(codec, bound, err, quant, hp, order, atom, width, params.cd_passes)
+        del hp, err
 
     w_hat = np.empty((n, d), dtype=np.float32)
     w_hat[:, perm] = quant.T
