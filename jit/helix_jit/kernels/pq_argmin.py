@@ -190,8 +190,9 @@ def gemm_assign(rows: np.ndarray, codebooks: Sequence[np.ndarray], mode: int, co
     """pq_assign's F32x16 search by sgemm + :data:`KERNEL`, into ``codes`` (and ``dist`` per mode).
 
     rows: float32 [n, d] C-contiguous; codes [n, M]; dist float32 [n, M]
-    (any float32 array when ``mode`` is NONE). Rows split over threads by
-    run_rows; BLAS runs at one thread inside, so HELIX_JIT_THREADS=1 is one thread.
+    (any float32 array when ``mode`` is NONE). Tiles of rows split over
+    threads by run_rows; BLAS runs at one thread inside, so
+    HELIX_JIT_THREADS=1 is one thread.
     """
     from helix_jit._rows import run_rows
 
@@ -202,6 +203,9 @@ def gemm_assign(rows: np.ndarray, codebooks: Sequence[np.ndarray], mode: int, co
     c2 = [float(v) for v in cn.max(axis=1)]
     fn = KERNEL.get(LaneWidth.F32x16, dist=mode, wide=int(K > 256))
     T = tile_rows(K)
+    # Tiles depend on the shape only, so thread counts split work, never the
+    # GEMMs: every row's products (and codes) are the same at any count.
+    tiles = -(-n // T)
 
     def call(a: int, b: int, worker: int) -> None:
         buf = np.empty((K, T), np.float32)
@@ -210,9 +214,8 @@ def gemm_assign(rows: np.ndarray, codebooks: Sequence[np.ndarray], mode: int, co
         if isinstance(fn, CompiledKernel):
             ptrs = [p.ctypes.data for p in ptrs]
         pbuf, pcn, prows, pcodes, pdist = ptrs
-        tiles = -(-(b - a) // T)  # equal tiles: a chunk of 1.5 T rows is two GEMMs of 0.75 T
-        for i in range(tiles):
-            s, e = a + (b - a) * i // tiles, a + (b - a) * (i + 1) // tiles
+        for i in range(a, b):
+            s, e = n * i // tiles, n * (i + 1) // tiles  # equal tiles, at most T rows
             out = buf[:, : e - s]
             col = 0
             for m, cb in enumerate(cbs):
@@ -222,4 +225,4 @@ def gemm_assign(rows: np.ndarray, codebooks: Sequence[np.ndarray], mode: int, co
                 col += w
 
     with _blas_one_thread():
-        run_rows(n, 2.0 * d * K, call)
+        run_rows(tiles, 2.0 * d * K * T, call)
