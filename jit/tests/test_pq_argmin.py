@@ -182,3 +182,44 @@ def test_argmin_kernel_matches_its_reference(mode, K, nt, monkeypatch):
         np.testing.assert_allclose(dist[touched], rdist[touched], rtol=1e-5)
     if mode == pq_argmin.GAP and K == 1:
         assert np.isinf(dist[touched]).all()
+
+
+def blas_threads():
+    from threadpoolctl import threadpool_info
+
+    return {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
+
+def test_blas_runs_at_one_thread_inside_and_is_restored(monkeypatch):
+    import threading
+
+    from threadpoolctl import threadpool_limits
+
+    from helix_jit import _rows
+
+    seen = []
+    real = _rows.run_rows
+
+    def spy(*args, **kwargs):
+        seen.append(blas_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_rows, "run_rows", spy)
+    monkeypatch.setenv("HELIX_JIT_THREADS", "2")
+    widths, K = GEMM_SHAPES[0]
+    rng = rng_for(3)
+    rows = rng.standard_normal((900, sum(widths))).astype(np.float32)
+    cbs = make_codebooks(rng, widths, K)
+    with threadpool_limits(2, "blas"):
+        want = pq_assign(rows, cbs)
+        assert seen == [{1}] and blas_threads() == {2}
+        # concurrent calls share the process-wide limit; the last one out restores it
+        out = [None] * 4
+        workers = [threading.Thread(target=lambda i=i: out.__setitem__(i, pq_assign(rows, cbs))) for i in range(4)]
+        for t in workers:
+            t.start()
+        for t in workers:
+            t.join()
+        assert blas_threads() == {2} and len(seen) == 5 and all(s == {1} for s in seen)
+    for codes in out:
+        np.testing.assert_array_equal(codes, want)

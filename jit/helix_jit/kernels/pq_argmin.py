@@ -21,7 +21,10 @@ per-row best / index / second-best vectors and never reduces across lanes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import contextlib
+import functools
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -173,17 +176,38 @@ KERNEL = declare_kernel(
 )
 
 
-def _blas_one_thread() -> Callable:
-    """A context manager holding BLAS at one thread (threads come from run_rows)."""
-    global _controller
-    if _controller is None:
-        from threadpoolctl import ThreadpoolController
+@functools.cache
+def _controller():  # type: ignore[no-untyped-def]
+    """threadpoolctl's view of the loaded BLAS: finding them costs 0.2 ms, so once (numpy's is loaded by now)."""
+    from threadpoolctl import ThreadpoolController
 
-        _controller = ThreadpoolController()  # scanning the loaded libraries is the slow part: once
-    return _controller.limit(limits=1, user_api="blas")
+    return ThreadpoolController()
 
 
-_controller = None
+_blas_lock = threading.Lock()
+_blas_users = 0
+_blas_limiter = None
+
+
+@contextlib.contextmanager
+def _blas_one_thread() -> Iterator[None]:
+    """BLAS at one thread inside (the threads come from run_rows).
+
+    The limit is process-wide (threadpoolctl), so concurrent pq_assign calls
+    share it: the first sets it, the last restores what was there before.
+    """
+    global _blas_users, _blas_limiter
+    with _blas_lock:
+        if _blas_users == 0:
+            _blas_limiter = _controller().limit(limits=1, user_api="blas")
+        _blas_users += 1
+    try:
+        yield
+    finally:
+        with _blas_lock:
+            _blas_users -= 1
+            if _blas_users == 0:
+                _blas_limiter.restore_original_limits()
 
 
 def gemm_assign(rows: np.ndarray, codebooks: Sequence[np.ndarray], mode: int, codes: np.ndarray, dist: np.ndarray) -> None:

@@ -10,6 +10,11 @@ norm so they never win. Per lane, a strict < keeps the lowest index; the
 final horizontal step takes the minimum value, then the lowest index among
 the lanes holding it.
 
+F32x16 with wide subspaces and many centroids (``pq_argmin.use_gemm``, a
+rule on shapes only) takes another path: BLAS's sgemm computes x.c per tile
+of rows and a fused llvmlite pass finds the minimum (module pq_argmin);
+same outputs, same tie rule, codes independent of the thread count.
+
 Numerics per lane width (the reference reproduces them):
 - F32x16: float32 throughout.
 - F64x8: rows and centroids widened to float64, distances in float64.
