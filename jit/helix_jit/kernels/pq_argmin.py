@@ -185,29 +185,19 @@ def _controller():  # type: ignore[no-untyped-def]
 
 
 _blas_lock = threading.Lock()
-_blas_users = 0
-_blas_limiter = None
 
 
 @contextlib.contextmanager
 def _blas_one_thread() -> Iterator[None]:
     """BLAS at one thread inside (the threads come from run_rows).
 
-    The limit is process-wide (threadpoolctl), so concurrent pq_assign calls
-    share it: the first sets it, the last restores what was there before.
+    The limit is process-wide, so concurrent GEMM-path calls take turns: two
+    overlapping limits would each restore what the other set. threadpoolctl
+    lets one Python thread at a time set it; while another thread holds a
+    limit of its own, BLAS stays as that thread set it.
     """
-    global _blas_users, _blas_limiter
-    with _blas_lock:
-        if _blas_users == 0:
-            _blas_limiter = _controller().limit(limits=1, user_api="blas")
-        _blas_users += 1
-    try:
+    with _blas_lock, _controller().limit(limits=1, user_api="blas"):
         yield
-    finally:
-        with _blas_lock:
-            _blas_users -= 1
-            if _blas_users == 0:
-                _blas_limiter.restore_original_limits()
 
 
 def gemm_assign(rows: np.ndarray, codebooks: Sequence[np.ndarray], mode: int, codes: np.ndarray, dist: np.ndarray) -> None:
