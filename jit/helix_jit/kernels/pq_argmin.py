@@ -3,7 +3,7 @@
 There the products x.c are a plain matrix product, and BLAS's sgemm does it
 faster than pq_assign's own kernel (whose register blocking suits narrow
 subspaces). Per tile of rows and per subspace, ``cb @ x_tile.T`` (numpy,
-into a preallocated float32 [K, T] buffer, so the tile stays in cache) is
+into a preallocated float32 [K, T] buffer of about 1 MB, near the cache) is
 followed by this kernel, one fused pass over the buffer: per row,
 d_k = ||c_k||^2 - 2 x.c_k, the best k (a strict < over k ascending, so ties
 go to the lowest index) and, per ``dist`` mode, nothing, the minimum
@@ -25,6 +25,7 @@ import contextlib
 import functools
 import threading
 from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -177,7 +178,7 @@ KERNEL = declare_kernel(
 
 
 @functools.cache
-def _controller():  # type: ignore[no-untyped-def]
+def _controller() -> Any:
     """threadpoolctl's view of the loaded BLAS: finding them costs 0.2 ms, so once (numpy's is loaded by now)."""
     from threadpoolctl import ThreadpoolController
 
