@@ -2,6 +2,8 @@
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from helix_jit import LaneWidth, pq_assign, pq_assign_reference
 from helix_jit.kernels import pq_argmin
@@ -136,6 +138,26 @@ def test_exact_mode_codes_are_the_float64_search_and_todays(widths, K, path, gem
     monkeypatch.setattr(pq_argmin, "use_gemm", lambda K, widths: False)  # today's kernel
     np.testing.assert_array_equal(pq_assign(rows, cbs, F32, exact=True), want)
     assert len(gemm_calls) == 2
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(
+    n=st.integers(1, 70),
+    widths=st.lists(st.integers(40, 80), min_size=1, max_size=3),
+    K=st.sampled_from([200, 819, 820, 1024, 1100]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_exact_codes_are_the_float64_search_around_the_threshold(n, widths, K, seed, path):
+    # either path, whichever side of the threshold the shape falls on
+    rng = rng_for(seed)
+    rows = rng.standard_normal((n, sum(widths))).astype(np.float32)
+    cbs = make_codebooks(rng, widths, K)
+    codes = pq_assign(rows, cbs, F32, exact=True)
+    np.testing.assert_array_equal(codes, _float64_codes(rows, cbs))
+    codes2, dist = pq_assign(rows, cbs, F32, return_distances=True)
+    assert_codes_match(rows, cbs, F32, codes2, codes)
+    want, scale = exact_distances(rows, cbs, codes2)
+    assert (np.abs(dist - want) <= 4 * 2.0**-24 * scale).all()
 
 
 def test_no_rows(path, gemm_calls):
