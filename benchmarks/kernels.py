@@ -4,6 +4,9 @@ Run from the repository root:
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE .venv/bin/python benchmarks/kernels.py
 
+Name sections to run only those (default: all), e.g. ``benchmarks/kernels.py
+pq_assign``; the names: compile, grid_errors, pq_assign, pq_decode, adc, fwht.
+
 Prints markdown tables (median of several repeats, milliseconds). Uses a
 temporary HELIX_JIT_CACHE_DIR so the compile / disk-load figures are cold.
 Every comparison runs at equal thread counts, once with 1 and once with 2:
@@ -221,6 +224,12 @@ def bench_compile(init_ms):
 
 
 def main():
+    sections = {"compile", "grid_errors", "pq_assign", "pq_decode", "adc", "fwht"}
+    which = set(sys.argv[1:]) or sections
+    if which - sections:
+        print(f"unknown section(s) {', '.join(sorted(which - sections))}; choose from {', '.join(sorted(sections))}",
+              file=sys.stderr)
+        sys.exit(2)
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, python {sys.version.split()[0]}, numpy {np.__version__}, "
           f"faiss {getattr(faiss, '__version__', 'n/a')}, OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}")
     t = time.perf_counter()
@@ -230,7 +239,6 @@ def main():
     init_ms = (time.perf_counter() - t) * 1e3
     print(f"LLVM target: {codegen.host()['cpu']} ({codegen.host()['triple']})")
     rng = np.random.default_rng(0)
-    which = set(sys.argv[1:]) or {"compile", "grid_errors", "pq_assign", "pq_decode", "adc", "fwht"}
     if "compile" in which:
         bench_compile(init_ms)
     if "grid_errors" in which:

@@ -2,6 +2,7 @@
 
 BUILTIN = {
     "pq_assign": "helix_jit.kernels.pq_assign",
+    "pq_argmin": "helix_jit.kernels.pq_argmin",
     "pq_decode": "helix_jit.kernels.pq_decode",
     "adc_matvec": "helix_jit.kernels.adc_matvec",
     "fwht": "helix_jit.kernels.fwht",

@@ -10,6 +10,11 @@ norm so they never win. Per lane, a strict < keeps the lowest index; the
 final horizontal step takes the minimum value, then the lowest index among
 the lanes holding it.
 
+F32x16 with wide subspaces and many centroids (``pq_argmin.use_gemm``, a
+rule on shapes only) takes another path: BLAS's sgemm computes x.c per tile
+of rows and a fused llvmlite pass finds the minimum (module pq_argmin);
+same outputs, same tie rule, codes independent of the thread count.
+
 Numerics per lane width (the reference reproduces them):
 - F32x16: float32 throughout.
 - F64x8: rows and centroids widened to float64, distances in float64.
@@ -41,6 +46,7 @@ import numpy as np
 
 from helix_jit.irgen import Fn, fconst
 from helix_jit.kernel import declare_kernel
+from helix_jit.kernels import pq_argmin
 from helix_jit.kernels._pq import (
     check_codebooks,
     code_dtype,
@@ -444,16 +450,19 @@ def pq_assign(
     K, widths = check_codebooks(codebooks, d)
     M = len(widths)
     mode = GAP if exact else (DIST if return_distances else NONE)
-    fn = KERNEL.get(lw, d=d, K=K, runs=[list(r) for r in runs_of(widths)], dist=mode)
-    cbt, cn, qp = prepare(codebooks, lw)
     codes = np.empty((n, M), code_dtype(K))
     dist = np.empty((n, M) if mode else (0, M), np.float32)
-    if n:
+    if lw is LaneWidth.F32x16 and pq_argmin.use_gemm(K, widths):
+        pq_argmin.gemm_assign(rows, codebooks, mode, codes, dist)
+    else:
+        fn = KERNEL.get(lw, d=d, K=K, runs=[list(r) for r in runs_of(widths)], dist=mode)
+        cbt, cn, qp = prepare(codebooks, lw)
 
         def call(a: int, b: int, worker: int) -> None:
             fn(rows[a:b], b - a, cbt, cn, codes[a:b], dist[a:b] if mode else 0, qp)
 
-        run_rows(n, 2.0 * d * padded_k(K, lw), call)
+        if n:
+            run_rows(n, 2.0 * d * padded_k(K, lw), call)
     if exact:
         _settle_near_ties(rows, codebooks, codes, dist)
     return (codes, dist) if return_distances else codes
