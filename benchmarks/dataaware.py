@@ -73,7 +73,7 @@ def rows() -> list[tuple[str, dict]]:
     c40, c41, c42 = (_file(n) for n in ("40_dataaware_4bit.yaml", "41_dataaware_3bit.yaml", "42_dataaware_2bit.yaml"))
     c50 = _file("50_gptq_int2_g128.yaml")
     cal = c40["calibration"]
-    ef = c40["error_feedback"]
+    ef = {**c40["error_feedback"], "cd_passes": 0}  # GPTQ's error feedback alone
     plain = {"rows": ROWS_SPLIT}
     return [
         ("40_dataaware_4bit", c40),
@@ -82,6 +82,9 @@ def rows() -> list[tuple[str, dict]]:
         ("40 with uniform levels", _with_params(c40, levels="uniform")),
         ("40 without its 5-bit tensors", _changed(c40, routes=None)),
         ("40 without error feedback", _changed(c40, error_feedback=None)),
+        ("40 without coordinate descent", _changed(c40, error_feedback=ef)),
+        ("41 without coordinate descent", _changed(c41, error_feedback=ef)),
+        ("42 without coordinate descent", _changed(c42, error_feedback=ef)),
         ("40 without rotation", _changed(c40, rotation=None)),
         ("40 with awq scaling instead of hadamard", _changed(c40, rotation={"kind": "awq"})),
         ("40 with target: layer (each layer fitted to its own output)",
