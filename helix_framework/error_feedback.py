@@ -65,6 +65,8 @@ __all__ = ["ErrorFeedbackParams", "inverse_cholesky", "quantize_with_feedback"]
 
 #: Damping retries (each multiplies it by 10) before giving up on the Hessian.
 MAX_DAMP_RETRIES = 12
+#: Tile of the in-place symmetrization of a Hessian.
+_SYM_TILE = 512
 #: More passes than this is a typo: each costs about one error-feedback pass.
 MAX_CD_PASSES = 100
 
@@ -112,7 +114,16 @@ class ErrorFeedbackParams:
 
 def _live_symmetric(h: np.ndarray) -> tuple[np.ndarray, float]:
     """Symmetrize ``h`` in place and give dead inputs a unit diagonal; (diagonal, its mean)."""
-    h += h.T
+    # By tiles: ``h += h.T`` copies the whole transposed view first (254 MB at
+    # 5632 inputs). Each pair of tiles gets the same sums either way.
+    d = h.shape[0]
+    for i0 in range(0, d, _SYM_TILE):
+        i1 = min(i0 + _SYM_TILE, d)
+        for j0 in range(i0, d, _SYM_TILE):
+            j1 = min(j0 + _SYM_TILE, d)
+            tile = h[i0:i1, j0:j1] + h[j0:j1, i0:i1].T
+            h[i0:i1, j0:j1] = tile
+            h[j0:j1, i0:i1] = tile.T
     h *= 0.5
     dead = np.diagonal(h) <= 0
     h[dead, :] = 0.0
@@ -198,6 +209,11 @@ def _upper_atoms(h_bb: np.ndarray, atom: int) -> np.ndarray:
     return np.where(idx[None, :] >= idx[:, None], h_bb, 0.0)
 
 
+def _outside(b0: int, b1: int, d: int) -> list[tuple[int, int]]:
+    """Row ranges of [0, d) outside [b0, b1), at most ``_SYM_TILE`` rows each."""
+    return [(r, min(r + _SYM_TILE, end)) for start, end in ((0, b0), (b1, d)) for r in range(start, end, _SYM_TILE)]
+
+
 def _descend(
     codec: Codec,
     bound: CodecState,
@@ -215,7 +231,7 @@ def _descend(
     objective before and after each pass."""
     d = quant.shape[0]
     grad = hessian @ err  # G = H E^T, kept exact inside the current block, lazily outside it
-    objective = [float(np.sum(err * grad))]
+    objective = [float(np.einsum("ij,ij->", err, grad))]
     for _ in range(passes):
         for b0 in range(0, d, width):
             b1 = min(b0 + width, d)
@@ -244,11 +260,11 @@ def _descend(
                     _subtract_outer(grad[c1:b1], hessian[c1:b1, c0:c1], delta)
                 moved[c0 - b0 : c1 - b0] = delta
             if moved.any():
-                grad[:b0] -= hessian[:b0, b0:b1] @ moved
-                grad[b1:] -= hessian[b1:, b0:b1] @ moved
+                for r0, r1 in _outside(b0, b1, d):  # in slices: a [d, n] temporary was the peak at 1 B shapes
+                    grad[r0:r1] -= hessian[r0:r1, b0:b1] @ moved
                 # the block's own rows still miss the changes of their atom and the atoms after it
                 grad[b0:b1] -= _upper_atoms(hessian[b0:b1, b0:b1], atom) @ moved
-        objective.append(float(np.sum(err * grad)))
+        objective.append(float(np.einsum("ij,ij->", err, grad)))
     return objective
 
 
@@ -314,6 +330,7 @@ def quantize_with_feedback(
             block[j + atom :] -= upper[c0:c1, c1:b1].T @ err
         work[b1:] -= upper[b0:b1, b1:].T @ errors
     del upper, work
+    block = None  # a view of work: dropping it frees work before the descent
     descent = None
     if params.cd_passes:
         hp = damped_hessian(h[np.ix_(perm, perm)], damp_used, overwrite=True)
