@@ -61,11 +61,11 @@ from helix_framework.errors import ErrorFeedbackError
 from helix_framework.layer_stats import LayerStats
 from helix_framework.params import ParamError
 
-__all__ = ["ErrorFeedbackParams", "inverse_cholesky", "quantize_with_feedback"]
+__all__ = ["ErrorFeedbackParams", "damped_hessian", "inverse_cholesky", "quantize_with_feedback"]
 
 #: Damping retries (each multiplies it by 10) before giving up on the Hessian.
 MAX_DAMP_RETRIES = 12
-#: Tile of the in-place symmetrization of a Hessian.
+#: Rows per tile when a [d, d] or [d, n] array is updated in place (bounds the temporaries).
 _SYM_TILE = 512
 #: More passes than this is a typo: each costs about one error-feedback pass.
 MAX_CD_PASSES = 100
