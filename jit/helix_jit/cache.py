@@ -36,7 +36,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-_MAGIC = b"HELIXJIT2\n"  # 1: checksum of the payload alone (entries of that format are recompiled)
+_MAGIC = b"HELIXJIT3\n"  # 1: checksum of the payload alone; 2: entry symbols without the signature (both recompiled)
 _HEADER = struct.Struct("<Q32s")  # payload length, entry_digest(signature, payload)
 _SUFFIX = ".hjo"
 
@@ -195,7 +195,7 @@ def read_disk(sig: str) -> bytes | None:
         payload = data[head:]
         ok = len(payload) == length and entry_digest(sig, payload) == digest
     if not ok:
-        why = ("from an older cache format" if data.startswith(b"HELIXJIT1\n")
+        why = ("from an older cache format" if data.startswith((b"HELIXJIT1\n", b"HELIXJIT2\n"))
                else "truncated, corrupt or not stored under this signature")
         log.warning("helix-jit cache entry %s is %s; discarding and recompiling", p, why)
         with contextlib.suppress(OSError):

@@ -233,7 +233,7 @@ class Kernel:
                 obj = _cache.read_disk(sig)
                 if obj is not None:
                     try:
-                        loaded = codegen.load_object(obj, [self.entry])
+                        loaded = codegen.load_object(obj, [self.entry], sig[:16])
                     except Exception as e:  # a stale or foreign object: recompile
                         _cache.log.warning("helix-jit cache entry %s failed to load (%s); recompiling", sig, e)
                     else:
@@ -242,7 +242,7 @@ class Kernel:
                         _cache.memory[sig] = fn
                         return fn, "disk"
                 ir_text = self.emit_ir(lw, constants)
-                loaded, ms = codegen.compile_ir(ir_text, [self.entry], name=f"{self.name}[{lw.value}]")
+                loaded, ms = codegen.compile_ir(ir_text, [self.entry], sig[:16], name=f"{self.name}[{lw.value}]")
                 c.compiles += 1
                 c.compile_ms += ms
                 if loaded.obj:
