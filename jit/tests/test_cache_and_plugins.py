@@ -162,6 +162,46 @@ def test_clear_cache_removes_entries(cache_dir):
     assert y.tolist() == [2.0, 2.0, 2.0]
 
 
+HELPER_IR = """
+@bias = global float {b}
+define float @helper(float %v) {{
+  %c = load float, ptr @bias
+  %r = fadd float %v, %c
+  ret float %r
+}}
+define void @add_bias(ptr noalias %x, ptr noalias %y) {{
+  %v = load float, ptr %x
+  %r = call float @helper(float %v)
+  store float %r, ptr %y
+  ret void
+}}
+"""
+
+
+def test_kernels_with_the_same_helper_names_share_the_engine(cache_dir):
+    """Every kernel of a process lives in one engine: helpers and globals of the
+    same name in different signatures must not clash, before or after a reload."""
+
+    def reference(lane_width, constants, x, y):
+        y[0] = x[0] + np.float32(constants["b"])
+
+    k = declare_kernel("testplugin.add_bias", "1", [LaneWidth.F32x16],
+                       lambda lw, c: HELPER_IR.format(b=float(c["b"])), reference,
+                       argtypes=["f32*", "f32*"], entry="add_bias")
+
+    def run(b):
+        y = np.zeros(1, np.float32)
+        k.get("F32x16", b=b)(np.ones(1, np.float32), y)
+        return float(y[0])
+
+    assert [run(b) for b in (1, 2, 3)] == [2.0, 3.0, 4.0]
+    clear_cache(disk=False)  # a fresh engine, loading the same objects from disk
+    before = cache_stats()
+    assert [run(b) for b in (3, 1, 2)] == [4.0, 2.0, 3.0]
+    after = cache_stats()
+    assert after.disk_loads == before.disk_loads + 3 and after.compiles == before.compiles
+
+
 def test_disable_gives_same_results_for_builtins(monkeypatch):
     rng = np.random.default_rng(4)
     rows = rng.standard_normal((9, 20)).astype(np.float32)
