@@ -36,8 +36,13 @@ run: install
 	$(BIN)/helix calibrate smollm2 --config configs/codec/default.yaml --out out/default
 	$(BIN)/helix compare out/01_pr220_baseline out/default
 
+# Two pytest workers (pytest-xdist), one per core of the machines we run on;
+# a whole file goes to one worker so module fixtures (models, reference
+# logits) are built once. `make test TEST_WORKERS=0` runs in one process.
+TEST_WORKERS ?= 2
+
 test: install
-	$(BIN)/python -m pytest tests jit/tests plugins
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile tests jit/tests plugins
 
 clean:
 	rm -rf $(VENV) build *.egg-info */*.egg-info plugins/*/*.egg-info
