@@ -129,9 +129,10 @@ class Components:
     rotation_reg: Any
     choices: tuple[Components, ...] = ()
 
-    def for_tensor(self, name: str) -> Components:
-        """The components that compress ``name`` (a route choice's, or these)."""
-        i = self.candidate.choice_index(name)
+    def for_tensor(self, name: str, n_blocks: int | None = None) -> Components:
+        """The components that compress ``name`` of a model with ``n_blocks``
+        blocks (a route choice's, or these)."""
+        i = self.candidate.choice_index(name, n_blocks)
         return self if i is None else self.choices[i]
 
 
@@ -274,11 +275,13 @@ def _forget_rotated(key: tuple[Any, ...]) -> None:
         _ROTATED.pop(key, None)
 
 
-def calibrate_matrix(x: np.ndarray, name: str, comp: Components, stats: BlockStats | None = None) -> TensorResult:
+def calibrate_matrix(x: np.ndarray, name: str, comp: Components, stats: BlockStats | None = None,
+                     n_blocks: int | None = None) -> TensorResult:
     """Fit, encode, decode and measure one 2-D float32 matrix (with its
     layer statistics in a data-aware candidate; a route choice's components
-    compress it when the candidate has one for ``name``)."""
-    comp = comp.for_tensor(name)
+    compress it when the candidate has one for ``name`` in a model of
+    ``n_blocks`` blocks)."""
+    comp = comp.for_tensor(name, n_blocks)
     cand = comp.candidate
     split = split_rows(x.shape[0], cand.rows, cand.in_sample, name)
     fitted = fit_reconstruct(x, split.calibration, comp, cand.params, name, tensor_rng(cand.rows.seed, name),
@@ -637,13 +640,13 @@ def _calibrate_one(
         return entry
     if stats is not None and (reshape is not None or stats.fit.hessian.shape[0] != x.shape[1]):
         raise CalibrationError(f"tensor {name!r}: its rows do not match the layer's inputs; cannot use statistics")
-    chosen = comp.for_tensor(name)
+    chosen = comp.for_tensor(name, source.n_blocks)
     if chosen is not comp:
         entry["choice"] = {"candidate": chosen.candidate.name, "codec": _plugin_json(chosen.codec_reg),
                            "rotation": _plugin_json(chosen.rotation_reg), "config": chosen.candidate.to_json()}
     entry["candidate"] = chosen.candidate.name
     comp = chosen
-    result = calibrate_matrix(x, name, comp, **({"stats": stats} if stats is not None else {}))
+    result = calibrate_matrix(x, name, comp, n_blocks=source.n_blocks, **({"stats": stats} if stats is not None else {}))
     if keep is not None:
         keep[name] = result.reconstruction
     file, sha, size = artifacts.write_safetensors(tensor_dir, stem, result.arrays)
@@ -788,7 +791,7 @@ def weights_from_config(source: ModelSource, candidate: CandidateConfig, host: A
         routed = route_and_read(source, info, candidate, selector)
         if routed.route != "codec":
             return None
-        chosen = comp.for_tensor(info.name)  # a route choice's components, or the candidate's
+        chosen = comp.for_tensor(info.name, source.n_blocks)  # a route choice's components, or the candidate's
         cand = chosen.candidate
         split = split_rows(routed.rows.shape[0], cand.rows, cand.in_sample, info.name)
         fitted = fit_reconstruct(routed.rows, split.calibration, chosen, cand.params, info.name,

@@ -85,7 +85,8 @@ def cmd_check(args: argparse.Namespace) -> int:
                   f"rotation={candidate.rotation.kind} kernel_signature={sig[:16]}")
             for choice in candidate.choices:
                 c = choice.candidate
-                print(f"    routes /{choice.match}/ -> {c.name} codec={c.codec} rotation={c.rotation.kind}")
+                where = f" blocks [{', '.join(choice.blocks)}]" if choice.blocks is not None else ""
+                print(f"    routes /{choice.match}/{where} -> {c.name} codec={c.codec} rotation={c.rotation.kind}")
         except HelixError as exc:
             failed += 1
             print(f"helix: error: {exc}", file=sys.stderr)

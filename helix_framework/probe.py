@@ -95,10 +95,10 @@ def probe(model: str | Path, tensor: str, candidate: CandidateConfig, rows: list
     candidate fits with the statistics of the tensor's inputs, collected by
     the engine through the reference blocks before it; a config whose routes
     choose another candidate for the tensor probes that one)."""
-    comp = resolve(candidate, host).for_tensor(tensor)
-    candidate = comp.candidate
     model = resolve_model(model)
     with open_source(model) as source:
+        comp = resolve(candidate, host).for_tensor(tensor, source.n_blocks)
+        candidate = comp.candidate
         info = source.tensor(tensor)
         decision = route_tensor(info.name, info.shape, candidate.routes)
         x = source.read(tensor)

@@ -95,6 +95,21 @@ def split_segments(name: str) -> tuple[str, ...]:
     return tuple(s for s in re.split(r"[./]", name) if s)
 
 
+def block_index(name: str) -> int | None:
+    """The decoder or encoder block a tensor belongs to: its first all-digit
+    segment (``blk.3.attn_q.weight``, ``model.layers.3.mlp.down_proj.weight``,
+    ``transformer.h.3...``, ``encoder.layer.3...``), or None (embeddings, head)."""
+    for seg in split_segments(name):
+        if seg.isdigit():
+            return int(seg)
+    return None
+
+
+def block_count(names: Iterable[str]) -> int:
+    """How many blocks a model has, from its tensor names (0 if none is in a block)."""
+    return 1 + max((i for i in map(block_index, names) if i is not None), default=-1)
+
+
 def module_segments(segments: Sequence[str]) -> tuple[str, ...]:
     """Segments naming the module: a trailing parameter segment removed."""
     if len(segments) > 1 and segments[-1].lower() in PARAM_SEGMENTS:

@@ -171,11 +171,11 @@ def test_interrupted_run_keeps_the_old_result(tmp_path, host, model, monkeypatch
     real = cal.calibrate_matrix
     calls = {"n": 0}
 
-    def exploding(x, name, comp):
+    def exploding(x, name, comp, **kwargs):
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt
-        return real(x, name, comp)
+        return real(x, name, comp, **kwargs)
 
     monkeypatch.setattr(cal, "calibrate_matrix", exploding)
     with pytest.raises(KeyboardInterrupt):

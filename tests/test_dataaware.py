@@ -378,11 +378,11 @@ def test_interrupted_data_aware_run_keeps_the_old_result(tmp_path, host, tiny, m
 
     real, calls = cal.calibrate_matrix, {"n": 0}
 
-    def exploding(x, name, comp, stats=None):
+    def exploding(x, name, comp, **kwargs):
         calls["n"] += 1
         if calls["n"] == 9:  # inside the second block
             raise KeyboardInterrupt
-        return real(x, name, comp, stats)
+        return real(x, name, comp, **kwargs)
 
     monkeypatch.setattr(cal, "calibrate_matrix", exploding)
     with pytest.raises(KeyboardInterrupt):

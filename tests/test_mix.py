@@ -59,6 +59,54 @@ def test_the_first_matching_choice_compresses_a_tensor(tmp_path):
     assert kernel_signature(other) != kernel_signature(cand)
 
 
+def test_blocks_pick_by_depth_counted_from_both_ends():
+    """``blocks:`` items index ``range(n_blocks)`` as Python would, so a rule
+    written for one depth means the same share of another model."""
+    cand = candidate_from_mapping({"name": "m", "codec": "rtn", "routes": [
+        {"match": "ffn_down|mlp\\.down_proj", "blocks": ["0:4", "5:-4:3", "-4:"], "codec": "rtn", "params": {"bits": 8}},
+        {"match": "attn_v", "blocks": -1, "codec": "rtn", "params": {"bits": 6}}]}, get_host())
+
+    def chosen(n, fmt):
+        return [i for i in range(n) if cand.choice_index(fmt.format(i), n) == 0]
+
+    assert chosen(30, "blk.{}.ffn_down.weight") == [0, 1, 2, 3, 5, 8, 11, 14, 17, 20, 23, 26, 27, 28, 29]
+    assert chosen(30, "model.layers.{}.mlp.down_proj.weight") == chosen(30, "blk.{}.ffn_down.weight")
+    assert chosen(22, "blk.{}.ffn_down.weight") == [0, 1, 2, 3, 5, 8, 11, 14, 17, 18, 19, 20, 21]
+    assert chosen(3, "blk.{}.ffn_down.weight") == [0, 1, 2]
+    assert [cand.choice_index(f"blk.{i}.attn_v.weight", 30) for i in (0, 28, 29)] == [None, None, 1]
+    assert cand.choice_index("blk.3.ffn_up.weight", 30) is None and cand.choice_index("output.weight", 30) is None
+    with pytest.raises(ValueError, match="block count"):
+        cand.choice_index("blk.3.ffn_down.weight")
+    assert cand.to_json()["routes"][0]["blocks"] == ["0:4", "5:-4:3", "-4:"]
+    again = candidate_from_mapping(json.loads(json.dumps(cand.to_json())), get_host())
+    assert again == cand and kernel_signature(again) == kernel_signature(cand)
+    anywhere = candidate_from_mapping({**cand.to_json(), "routes": [
+        {k: v for k, v in r.items() if k != "blocks"} for r in cand.to_json()["routes"]]}, get_host())
+    assert kernel_signature(anywhere) != kernel_signature(cand)
+
+
+def test_a_blocks_rule_calibrates_the_last_block_only(tmp_path, tiny):
+    from helix_framework.calibrate import weights_from_artifacts, weights_from_config
+    from helix_framework.sources import open_source
+
+    path = _write(tmp_path, "last.yaml", {"name": "last", "codec": "rtn", "params": {"bits": 4, "group_size": 16},
+                                          "rows": ROWS, "routes": [
+                                              {"match": "_proj", "route": "codec"},
+                                              {"match": "down_proj", "blocks": ["-1"], "codec": "rtn",
+                                               "params": {"bits": 8, "group_size": 16}}]})
+    cand = load_candidate(path)
+    calibrate(tiny, cand, tmp_path / "out")
+    manifest = json.loads((tmp_path / "out" / artifacts.MANIFEST).read_text())
+    by = {e["name"]: e.get("candidate") for e in manifest["tensors"] if e["route"] == "codec"}
+    assert by["model.layers.1.mlp.down_proj.weight"] == "last[1]"
+    assert {n for n, c in by.items() if c != "last"} == {"model.layers.1.mlp.down_proj.weight"}
+    with open_source(tiny) as source:
+        on_disk = weights_from_artifacts(tmp_path / "out", source, get_host())
+        in_memory = weights_from_config(source, cand, get_host())
+    for name, w in on_disk.items():
+        np.testing.assert_array_equal(w, in_memory[name])
+
+
 def test_a_mix_calibrates_decodes_and_agrees_per_tensor(tmp_path, tiny):
     from helix_framework.calibrate import weights_from_artifacts, weights_from_config
     from helix_framework.sources import open_source
@@ -122,6 +170,10 @@ def _write(tmp_path, name, data):
     ({"match": "x", "candidate": "routed.yaml"}, "$.routes[0].candidate", "route rules other than this config's"),
     ({"match": "x", "candidate": "mixed.yaml"}, "$.routes[0].candidate", "is a mix itself"),
     ({"match": "x", "candidate": "aware.yaml"}, "$.routes[0].candidate", "is data-aware"),
+    ({"match": "x", "codec": "rtn", "blocks": "a:b"}, "$.routes[0].blocks", "expected a block number or a slice"),
+    ({"match": "x", "codec": "rtn", "blocks": ["0:4", "1:9:0"]}, "$.routes[0].blocks[1]", "step must be >= 1"),
+    ({"match": "x", "codec": "rtn", "blocks": [True]}, "$.routes[0].blocks[0]", "got True"),
+    ({"match": "x", "codec": "rtn", "blocks": []}, "$.routes[0].blocks", "1 to 64"),
 ])
 def test_bad_choice_rules_name_the_key(tmp_path, rule, key, words):
     _write(tmp_path, "routed.yaml", {"name": "r", "codec": "rtn", "routes": [{"match": "a", "route": "skip"}]})

@@ -342,11 +342,11 @@ def test_ctrl_c_during_calibrate_removes_its_orphans_and_keeps_the_old_result(tm
     real = cal.calibrate_matrix
     calls = {"n": 0}
 
-    def interrupted(x, name, comp):
+    def interrupted(x, name, comp, **kwargs):
         calls["n"] += 1
         if calls["n"] == 2:  # after the first new artifact file is on disk
             raise KeyboardInterrupt
-        return real(x, name, comp)
+        return real(x, name, comp, **kwargs)
 
     monkeypatch.setattr(cal, "calibrate_matrix", interrupted)
     code, _, err = helix(capsys, "calibrate", model, "--config", tmp_path / "c4.yaml", "--out", out)

@@ -15,6 +15,7 @@ from helix_framework.codec import NoParams
 from helix_jit.cache import canonical_json
 from helix_framework.errors import CalibrationEqualsMeasurement, ConfigError
 from helix_framework.params import ParamError
+from helix_framework.routing import block_index
 from helix_framework.yaml_loading import YamlDocument
 from helix_framework.config.converter import converter, structure, type_name
 from helix_framework.config.files import read_config_file
@@ -142,17 +143,19 @@ class CandidateConfig:
     source: str | None = attrs.field(default=None, eq=False)
     choices: tuple[TensorChoice, ...] = ()
 
-    def choice_index(self, name: str) -> int | None:
-        """The index of the first `TensorChoice` whose regex is found in ``name``, or None."""
+    def choice_index(self, name: str, n_blocks: int | None = None) -> int | None:
+        """The index of the first `TensorChoice` that chooses ``name`` (its regex
+        is found in the name and, with ``blocks``, the tensor's block is one of
+        them in a model of ``n_blocks`` blocks), or None."""
         for i, choice in enumerate(self.choices):
-            if re.search(choice.match, name):
+            if choice.matches(name, n_blocks):
                 return i
         return None
 
-    def for_tensor(self, name: str) -> CandidateConfig:
+    def for_tensor(self, name: str, n_blocks: int | None = None) -> CandidateConfig:
         """The candidate that compresses tensor ``name``: its route choice's
         (with this config's routes, calibration and measurements), or this one."""
-        i = self.choice_index(name)
+        i = self.choice_index(name, n_blocks)
         return self if i is None else self.choices[i].candidate
 
     def to_json(self) -> dict[str, Any]:
@@ -193,14 +196,61 @@ class TensorChoice:
     match: str
     candidate: CandidateConfig
     file: str | None = None
+    blocks: tuple[str, ...] | None = None
+
+    def matches(self, name: str, n_blocks: int | None) -> bool:
+        """Whether the rule chooses tensor ``name`` of a model with ``n_blocks`` blocks."""
+        if not re.search(self.match, name):
+            return False
+        if self.blocks is None:
+            return True
+        if n_blocks is None:
+            raise ValueError(f"rule /{self.match}/ selects blocks: the model's block count is needed")
+        i = block_index(name)
+        return i is not None and i in selected_blocks(self.blocks, n_blocks)
 
     def to_json(self) -> dict[str, Any]:
         inner = self.candidate.to_json()
         inner.pop("routes")
         out: dict[str, Any] = {"match": self.match, "candidate": inner}
+        if self.blocks is not None:
+            out["blocks"] = list(self.blocks)
         if self.file is not None:
             out["file"] = self.file
         return out
+
+
+_BLOCK_ITEM = re.compile(r"^\s*(-?\d+)?\s*(?::\s*(-?\d+)?\s*(?::\s*(-?\d+)?\s*)?)?$")
+
+
+def _block_slice(item: Any) -> slice:
+    """One ``blocks:`` item: an int (a block, negative from the end) or a
+    Python slice string ``"start:stop[:step]"`` over the block indices."""
+    if isinstance(item, int) and not isinstance(item, bool):
+        return slice(item, None if item == -1 else item + 1)
+    m = _BLOCK_ITEM.match(item) if isinstance(item, str) and len(item) <= 64 else None
+    if m is None or (":" not in item and m.group(1) is None):
+        raise ParamError("blocks", f"expected a block number or a slice such as '0:4', '5:-4:3' or '-4:', "
+                         f"got {item!r}")
+    start, stop, step = (None if g is None else int(g) for g in m.groups())
+    if ":" not in item:
+        return slice(start, None if start == -1 else start + 1)
+    if step is not None and step < 1:
+        raise ParamError("blocks", f"a slice step must be >= 1, got {item!r}")
+    return slice(start, stop, step)
+
+
+def selected_blocks(blocks: tuple[str, ...], n_blocks: int) -> frozenset[int]:
+    """The block indices ``blocks`` picks in a model of ``n_blocks`` blocks
+    (the union of its items, each as Python indexes ``range(n_blocks)``)."""
+    picked: set[int] = set()
+    for item in blocks:
+        picked.update(range(n_blocks)[_block_slice(_block_item(item))])
+    return frozenset(picked)
+
+
+def _block_item(text: str) -> Any:
+    return int(text) if re.fullmatch(r"-?\d+", text) else text
 
 
 @attrs.frozen
@@ -332,7 +382,8 @@ def _split_routes(value: Any) -> tuple[tuple[RouteRule, ...], list[tuple[int, Ma
     return tuple(routes), choices
 
 
-_CHOICE_KEYS = {"candidate": {"match", "candidate", "file"}, "codec": {"match", "codec", "params", "rotation", "name"}}
+_CHOICE_KEYS = {"candidate": {"match", "blocks", "candidate", "file"},
+                "codec": {"match", "blocks", "codec", "params", "rotation", "name"}}
 
 
 def _choice(i: int, rule: Mapping[str, Any], data: Mapping[str, Any], mix: CandidateConfig, host: Any,
@@ -390,7 +441,22 @@ def _choice(i: int, rule: Mapping[str, Any], data: Mapping[str, Any], mix: Candi
             raise ConfigError(f"candidate {sub.name!r} uses error feedback, which needs layer statistics: "
                               "add a calibration: section to this config", path=f"{at}.candidate")
     sub = attrs.evolve(sub, routes=mix.routes, calibration=mix.calibration, measure=mix.measure)
-    return TensorChoice(rule["match"], sub, file)
+    return TensorChoice(rule["match"], sub, file, _blocks(rule.get("blocks", None), f"{at}.blocks"))
+
+
+def _blocks(value: Any, at: str) -> tuple[str, ...] | None:
+    """A rule's ``blocks:`` (an item or a list of them), checked, as strings."""
+    if value is None:
+        return None
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
+    if not items or len(items) > 64:
+        raise ConfigError(f"expected 1 to 64 block numbers or slices, got {len(items)}", path=at)
+    for j, item in enumerate(items):
+        try:
+            _block_slice(item)
+        except ParamError as exc:
+            raise ConfigError(exc.message, path=f"{at}[{j}]" if isinstance(value, (list, tuple)) else at) from None
+    return tuple(str(item) for item in items)
 
 
 def _find_candidate_file(value: str, base_dir: str | None, at: str) -> str:
@@ -494,5 +560,7 @@ def kernel_signature(candidate: CandidateConfig, host: Any = None) -> str:
         "rotation_params": _codegen_fields(candidate.rotation.params),
     }
     if candidate.choices:
-        payload["choices"] = [[c.match, kernel_signature(c.candidate, host)] for c in candidate.choices]
+        # blocks only when given, so the signatures of rules without them stay as they were
+        payload["choices"] = [[c.match, kernel_signature(c.candidate, host)] + ([list(c.blocks)] if c.blocks else [])
+                              for c in candidate.choices]
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()

@@ -24,6 +24,7 @@ import attrs
 import numpy as np
 
 from helix_framework.errors import SourceError
+from helix_framework.routing import block_count
 
 logger = logging.getLogger(__name__)
 
@@ -162,6 +163,12 @@ class ModelSource(abc.ABC):
     def tensors(self) -> list[TensorInfo]:
         """Every tensor of the source, in file order."""
         return list(self._infos.values())
+
+    @property
+    def n_blocks(self) -> int:
+        """How many blocks the model has, from its tensor names (what a
+        ``blocks:`` route rule counts from the end with)."""
+        return block_count(self._infos)
 
     def tensor(self, name: str) -> TensorInfo:
         """The `TensorInfo` of ``name``; SourceError if there is none."""

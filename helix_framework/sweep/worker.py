@@ -80,7 +80,7 @@ def run_candidate(task: dict[str, Any]) -> dict[str, Any]:
             if routed.route != "codec":
                 left_out += routed.reason == NOT_SELECTED
                 return None
-            result = calibrate_matrix(routed.rows, info.name, comp, stats=stats)
+            result = calibrate_matrix(routed.rows, info.name, comp, stats=stats, n_blocks=source.n_blocks)
             tensor_rows.append(_tensor_row(info, routed.rows, result))
             recon = result.reconstruction.reshape(info.shape)
             if want_agree:
