@@ -26,6 +26,8 @@ from typing import Any
 import llvmlite
 import llvmlite.binding as llvm
 
+from helix_jit import cache
+
 log = logging.getLogger(__name__)
 
 
@@ -94,8 +96,6 @@ _shared: tuple[int, Any] | None = None
 
 def _engine() -> Any:
     global _shared
-    from helix_jit import cache
-
     if _shared is None or _shared[0] != cache.generation:
         _init()
         _shared = (cache.generation, llvm.create_mcjit_compiler(llvm.parse_assembly(_empty_ir()), _target_machine()))
