@@ -13,7 +13,8 @@ writers never leave a torn entry. Each file starts with a header holding the
 payload length and the SHA-256 of the signature together with the payload,
 so a truncated or corrupted file, an entry copied under another signature's
 name, or one written by an older format is detected, discarded with a logged
-warning and recompiled, never executed. Only regular files are read: a FIFO,
+warning (at INFO for an older format, which every upgrade leaves) and
+recompiled, never executed. Only regular files are read: a FIFO,
 device, directory or symlink under an entry's name is skipped unopened and
 left alone.
 """
@@ -195,9 +196,12 @@ def read_disk(sig: str) -> bytes | None:
         payload = data[head:]
         ok = len(payload) == length and entry_digest(sig, payload) == digest
     if not ok:
-        why = ("from an older cache format" if data.startswith((b"HELIXJIT1\n", b"HELIXJIT2\n"))
-               else "truncated, corrupt or not stored under this signature")
-        log.warning("helix-jit cache entry %s is %s; discarding and recompiling", p, why)
+        if data.startswith((b"HELIXJIT1\n", b"HELIXJIT2\n")):
+            # expected once per kernel after an upgrade: not worth a warning
+            log.info("helix-jit cache entry %s is from an older cache format; discarding and recompiling", p)
+        else:
+            log.warning("helix-jit cache entry %s is truncated, corrupt or not stored under this signature; "
+                        "discarding and recompiling", p)
         with contextlib.suppress(OSError):
             p.unlink()
         return None

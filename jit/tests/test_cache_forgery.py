@@ -58,12 +58,15 @@ def test_forged_or_old_entry_is_recompiled_not_executed(cache_dir, caplog, kind)
     a, b, entry_a, entry_b = two_entries(k)
     b.write_bytes(forged(kind, entry_b, entry_a))
     before = cache_stats()
-    with caplog.at_level(logging.WARNING, logger="helix_jit"):
+    with caplog.at_level(logging.INFO, logger="helix_jit"):
         y, want = run_axpb(k, d=16)
     np.testing.assert_array_equal(y, want)
     after = cache_stats()
     assert (after.compiles, after.disk_loads) == (before.compiles + 1, before.disk_loads)
-    assert any("recompiling" in r.getMessage() and b.name in r.getMessage() for r in caplog.records)
+    # a forgery is a warning; an entry of an older format (expected after an upgrade) only informs
+    level = logging.INFO if kind == "old_format" else logging.WARNING
+    assert any("recompiling" in r.getMessage() and b.name in r.getMessage() and r.levelno == level
+               for r in caplog.records)
     assert b.read_bytes() == entry_b  # the honest entry is written back
     clear_cache(disk=False)
     run_axpb(k, d=16)
